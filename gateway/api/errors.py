@@ -1,0 +1,102 @@
+"""The one place exceptions become HTTP responses in OpenAI's error shape."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gateway.engines.base import EngineError, EngineTimeout, PromptTooLong
+from gateway.errors import (
+    GatewayError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from gateway.spec import SpecError
+
+log = logging.getLogger(__name__)
+
+
+def to_gateway_error(exc: BaseException, *, prompt_param: str = "messages") -> GatewayError:
+    """Map anything raised while serving to a GatewayError (client mistakes 4xx, engine trouble 5xx)."""
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, PromptTooLong):
+        return InvalidRequestError(str(exc), param=prompt_param, code="context_length_exceeded")
+    if isinstance(exc, EngineTimeout | asyncio.TimeoutError | TimeoutError):
+        return UpstreamTimeout(f"the engine did not answer in time: {exc}" if str(exc) else "the request timed out")
+    if isinstance(exc, EngineError):
+        return UpstreamError(f"engine error: {exc}")
+    if isinstance(exc, SpecError):
+        return UpstreamError(f"model unavailable: {exc}")
+    log.exception("unexpected error while serving", exc_info=exc)
+    return GatewayError("internal server error")
+
+
+def error_response(err: GatewayError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status)
+
+
+def _param_of(loc: tuple[Any, ...]) -> str | None:
+    parts = [str(p) for p in loc if p != "body"]
+    if not parts:
+        return None
+    out = parts[0]
+    for p in parts[1:]:
+        out += f"[{p}]" if p.isdigit() else f".{p}"
+    return out
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    errors = exc.errors()
+    if not errors:
+        return "invalid request", None
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return "We could not parse the JSON body of your request: " + str(first.get("ctx", {}).get("error", "")), None
+    if first.get("type") == "model_attributes_type" or (first.get("loc") == ("body",)):
+        return "The request body must be a JSON object.", None
+    param = _param_of(tuple(first.get("loc", ())))
+    msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    if first.get("type") == "missing":
+        return f"Missing required parameter: '{param}'.", param
+    return (f"Invalid value for '{param}': {msg}" if param else msg), param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(GatewayError)
+    async def _gateway(_: Request, exc: GatewayError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(exc)
+        return error_response(InvalidRequestError(message, param=param))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not_found_error", 405: "invalid_request_error"}.get(exc.status_code, "invalid_request_error")
+        err = GatewayError(str(exc.detail))
+        err.status, err.type = exc.status_code, kind
+        return error_response(err)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(to_gateway_error(exc))
+
+
+def sse_error_frame(err: GatewayError) -> str:
+    body = err.body()
+    body["error"]["code"] = body["error"]["code"] or err.status
+    return f"data: {json.dumps(body)}\n\n"
+
+
+__all__ = ["ModelNotFoundError", "error_response", "install_error_handlers", "sse_error_frame", "to_gateway_error"]

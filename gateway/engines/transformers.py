@@ -1,0 +1,450 @@
+"""In-process Hugging Face engine: the embedded default on CPU and the reference for exactness tests.
+
+- One ``AutoModelForCausalLM`` per engine; LoRA adapters (PEFT) loaded on demand into one ``PeftModel`` and kept in
+  an LRU (``max_adapters``), so a batch may mix adapters (PEFT's ``adapter_names`` per row).
+- One worker thread owns the model. Requests queue up; the worker takes up to ``max_batch_size`` of them, prefills
+  them together (left padding, positions from the mask, as HF ``generate`` does) and decodes step by step with a KV
+  cache, sampling each row with its own settings and its own seeded generator. Requests arriving mid-batch wait for
+  the next batch (static batching; vLLM is the engine for throughput).
+- Tokens stream back to the asyncio side as they are produced; stop strings are held back until they can't match.
+- ``next_token_logprobs`` exposes the full next-token distribution (token-level blending).
+
+Prompt tokenization rule (shared with the vLLM engine so both see the same ids): a text prompt is tokenized with
+the tokenizer's special tokens (``add_special_tokens=True``); chat messages are rendered with the chat template and
+tokenized without adding special tokens (the template carries them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.engines.base import (
+    Adapter,
+    Chunk,
+    Engine,
+    EngineError,
+    Prompt,
+    PromptTooLong,
+    SamplingParams,
+    TokenLogprob,
+)
+
+log = logging.getLogger(__name__)
+
+BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+
+
+@dataclass
+class _GenRequest:
+    """One sequence being generated; owned by the worker thread once queued."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    adapter: Adapter | None
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue[Chunk | BaseException | None]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    generated: list[int] = field(default_factory=list)
+    sent_chars: int = 0
+    finished: bool = False
+
+    def emit(self, item: Chunk | BaseException | None) -> None:
+        self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+
+
+@dataclass
+class _Call:
+    """A function to run on the worker thread (adapter loading, full distributions), with its future."""
+
+    fn: Callable[[], Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+
+
+class TransformersEngine(Engine):
+    kind = "transformers"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        dtype: str = "float32",
+        device: str = "cpu",
+        max_batch_size: int = 32,
+        max_model_len: int | None = None,
+        max_adapters: int = 64,
+        num_threads: int | None = None,
+    ):
+        self.model_path = model
+        self.dtype = dtype
+        self.device = device
+        self.max_batch_size = max_batch_size
+        self._max_model_len = max_model_len
+        self.max_adapters = max_adapters
+        self.num_threads = num_threads
+        self.tokenizer: Any = None
+        self.model: Any = None
+        self._peft = False
+        self._adapters: OrderedDict[str, str] = OrderedDict()  # name -> path, LRU order
+        self._eos_ids: set[int] = set()
+        self._jobs: queue.Queue[_GenRequest | _Call | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = asyncio.Lock()
+
+    # ---------------------------------------------------------------- lifecycle
+    @property
+    def max_model_len(self) -> int:
+        if self._max_model_len is None:
+            raise EngineError("transformers engine not started")
+        return self._max_model_len
+
+    async def start(self) -> None:
+        async with self._start_lock:
+            if self._thread is not None:
+                return
+            await asyncio.to_thread(self._load)
+            self._thread = threading.Thread(target=self._worker, name=f"tf-engine:{self.model_path}", daemon=True)
+            self._thread.start()
+
+    def _load(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if self.num_threads:
+            torch.set_num_threads(self.num_threads)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+            self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=getattr(torch, self.dtype))
+        except Exception as exc:  # missing dir, bad config, unknown architecture
+            raise EngineError(f"transformers engine can't load {self.model_path}: {exc}") from exc
+        self.model.to(self.device).eval()
+        cfg = self.model.config
+        limit = getattr(cfg, "max_position_embeddings", None) or 2048
+        self._max_model_len = min(self._max_model_len or limit, limit)
+        eos: set[int] = set()
+        gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
+        for value in (gen_eos, self.tokenizer.eos_token_id):
+            if isinstance(value, int):
+                eos.add(value)
+            elif isinstance(value, list | tuple):
+                eos.update(int(v) for v in value)
+        self._eos_ids = eos
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token_id = next(iter(eos), 0)
+        log.info("transformers engine loaded %s (max_model_len=%d)", self.model_path, self._max_model_len)
+
+    async def close(self) -> None:
+        if self._thread is None:
+            return
+        self._jobs.put(None)
+        await asyncio.to_thread(self._thread.join, 30)
+        self._thread = None
+        self.model = None
+
+    # ---------------------------------------------------------------- prompts
+    def render_prompt(self, prompt: Prompt) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        return self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+    def tokenize(self, prompt: Prompt) -> list[int]:
+        text = self.render_prompt(prompt)
+        return list(self.tokenizer(text, add_special_tokens=isinstance(prompt, str))["input_ids"])
+
+    def count_prompt_tokens(self, prompt: Prompt) -> int | None:
+        return len(self.tokenize(prompt))
+
+    # ---------------------------------------------------------------- generation
+    async def stream(
+        self,
+        prompt: Prompt,
+        params: SamplingParams,
+        *,
+        adapter: Adapter | None = None,
+        request_id: str | None = None,
+    ) -> AsyncIterator[Chunk]:
+        if self._thread is None:
+            raise EngineError("transformers engine not started")
+        ids = self.tokenize(prompt)
+        if len(ids) + params.max_tokens > self.max_model_len:
+            raise PromptTooLong(len(ids), params.max_tokens, self.max_model_len)
+        if adapter is not None:
+            await self._ensure_adapter(adapter)
+        loop = asyncio.get_running_loop()
+        req = _GenRequest(ids, params, adapter, loop, asyncio.Queue())
+        self._jobs.put(req)
+        try:
+            while True:
+                item = await req.out.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            req.cancelled.set()  # client gone or consumer closed: the worker drops the row at its next step
+
+    async def next_token_logprobs(self, prompt: str | list[int], *, adapter: Adapter | None = None) -> Any:
+        """Full next-token log-distribution (1-D float32 tensor over the vocabulary)."""
+        import torch
+
+        ids = prompt if isinstance(prompt, list) else self.tokenize(prompt)
+        if adapter is not None:
+            await self._ensure_adapter(adapter)
+
+        def run() -> Any:
+            with torch.inference_mode():
+                x = torch.tensor([ids], device=self.device)
+                kwargs = self._adapter_kwargs([adapter])
+                logits = self.model(input_ids=x, **kwargs).logits[0, -1].float()
+                return torch.log_softmax(logits, dim=-1).cpu()
+
+        return await self._call(run)
+
+    # ---------------------------------------------------------------- adapters
+    async def _ensure_adapter(self, adapter: Adapter) -> None:
+        if adapter.name in self._adapters:
+            return
+        if not (Path(adapter.path) / "adapter_config.json").is_file():
+            raise EngineError(f"adapter {adapter.name!r}: no PEFT adapter at {adapter.path}")
+        await self._call(lambda: self._load_adapter(adapter))
+
+    def _load_adapter(self, adapter: Adapter) -> None:
+        from peft import PeftModel
+
+        if adapter.name in self._adapters:
+            self._adapters.move_to_end(adapter.name)
+            return
+        try:
+            if not self._peft:
+                self.model = PeftModel.from_pretrained(self.model, adapter.path, adapter_name=adapter.name)
+                self.model.eval()
+                self._peft = True
+            else:
+                self.model.load_adapter(adapter.path, adapter_name=adapter.name)
+        except Exception as exc:
+            raise EngineError(
+                f"adapter {adapter.name!r} at {adapter.path} does not fit {self.model_path}: {exc}"
+            ) from exc
+        self._adapters[adapter.name] = adapter.path
+
+    def _evict(self, keep: set[str]) -> None:
+        while len(self._adapters) > self.max_adapters:
+            victim = next((n for n in self._adapters if n not in keep), None)
+            if victim is None:
+                return
+            self.model.delete_adapter(victim)
+            del self._adapters[victim]
+
+    def _adapter_kwargs(self, adapters: list[Adapter | None]) -> dict[str, Any]:
+        if not self._peft:
+            return {}
+        names = [a.name if a is not None else BASE_ADAPTER for a in adapters]
+        for n in names:
+            if n in self._adapters:
+                self._adapters.move_to_end(n)
+        return {"adapter_names": names}
+
+    # ---------------------------------------------------------------- worker thread
+    async def _call(self, fn: Callable[[], Any]) -> Any:
+        if self._thread is None:
+            raise EngineError("transformers engine not started")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._jobs.put(_Call(fn, loop, fut))
+        return await fut
+
+    def _worker(self) -> None:
+        """Take what is queued (up to a batch), run calls at once, generate the batch; repeat until told to stop."""
+        stopping = False
+        while not stopping:
+            job = self._jobs.get()
+            batch: list[_GenRequest] = []
+            while job is not None:
+                if isinstance(job, _Call):
+                    self._run_call(job)
+                else:
+                    batch.append(job)
+                if len(batch) >= self.max_batch_size:
+                    break
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+            stopping = job is None
+            if batch:
+                try:
+                    self._run_batch(batch)
+                except Exception as exc:  # never kill the worker: fail the batch, keep serving
+                    log.exception("transformers engine batch failed")
+                    for r in batch:
+                        if not r.finished:
+                            r.finished = True
+                            r.emit(EngineError(f"transformers engine failed: {exc}"))
+
+    def _run_call(self, call: _Call) -> None:
+        def settle(result: Any = None, exc: BaseException | None = None) -> None:
+            if call.future.done():
+                return
+            if exc is not None:
+                call.future.set_exception(exc)
+            else:
+                call.future.set_result(result)
+
+        try:
+            result = call.fn()
+        except BaseException as exc:
+            call.loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            call.loop.call_soon_threadsafe(settle, result, None)
+
+    def _run_batch(self, batch: list[_GenRequest]) -> None:
+        import torch
+
+        live = [r for r in batch if not r.cancelled.is_set()]
+        if not live:
+            return
+        if self._peft:
+            self._evict({r.adapter.name for r in live if r.adapter is not None})
+        pad = self.tokenizer.pad_token_id
+        width = max(len(r.prompt_ids) for r in live)
+        rows = len(live)
+        input_ids = torch.full((rows, width), pad, dtype=torch.long)
+        mask = torch.zeros((rows, width), dtype=torch.long)
+        for i, r in enumerate(live):
+            n = len(r.prompt_ids)
+            input_ids[i, width - n :] = torch.tensor(r.prompt_ids)
+            mask[i, width - n :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        gens = [_generator(r.params.seed) for r in live]
+        adapter_kwargs = self._adapter_kwargs([r.adapter for r in live])
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        step_ids, step_pos = input_ids, positions
+        max_new = max(r.params.max_tokens for r in live)
+        with torch.inference_mode():
+            for _ in range(max_new):
+                out = self.model(
+                    input_ids=step_ids.to(self.device),
+                    attention_mask=mask.to(self.device),
+                    position_ids=step_pos.to(self.device),
+                    past_key_values=cache,
+                    use_cache=True,
+                    **adapter_kwargs,
+                )
+                cache = out.past_key_values
+                logits = out.logits[:, -1, :].float().cpu()
+                next_ids = torch.full((rows,), pad, dtype=torch.long)
+                for i, r in enumerate(live):
+                    if r.finished:
+                        continue
+                    if r.cancelled.is_set():
+                        r.finished = True
+                        continue
+                    token = self._sample(logits[i], r.params, gens[i])
+                    next_ids[i] = token
+                    self._advance(r, token, logits[i])
+                if all(r.finished for r in live):
+                    return
+                step_ids = next_ids.unsqueeze(1)
+                step_pos = step_pos[:, -1:] + 1
+                mask = torch.cat([mask, torch.ones((rows, 1), dtype=torch.long)], dim=1)
+
+    @staticmethod
+    def _sample(logits: Any, params: SamplingParams, gen: Any) -> int:
+        import torch
+
+        if params.temperature <= 0:
+            return int(torch.argmax(logits))
+        probs = torch.softmax(logits / params.temperature, dim=-1)
+        if params.top_p < 1.0:
+            sorted_p, order = torch.sort(probs, descending=True)
+            keep = sorted_p.cumsum(-1) - sorted_p < params.top_p
+            keep[0] = True
+            filtered = torch.zeros_like(probs)
+            filtered[order[keep]] = sorted_p[keep]
+            probs = filtered / filtered.sum()
+        return int(torch.multinomial(probs, 1, generator=gen))
+
+    def _advance(self, r: _GenRequest, token: int, logits: Any) -> None:
+        """Append a token to a row; emit the new text (holding back what may start a stop string)."""
+        import torch
+
+        is_eos = token in self._eos_ids
+        lp: list[TokenLogprob] | None = None
+        if r.params.logprobs is not None:
+            logp = torch.log_softmax(logits, dim=-1)
+            k = r.params.logprobs
+            top: tuple[tuple[str, float], ...] = ()
+            if k > 0:
+                vals, idx = torch.topk(logp, k)
+                top = tuple((self._token_text(int(t)), float(v)) for v, t in zip(vals, idx, strict=True))
+            lp = [TokenLogprob(self._token_text(token), float(logp[token]), top)]
+        if not is_eos:
+            r.generated.append(token)
+        text = self.tokenizer.decode(r.generated, skip_special_tokens=True)
+        finish: str | None = None
+        stop_at = _find_stop(text, r.params.stop, r.sent_chars)
+        if stop_at is not None:
+            text, finish = text[:stop_at], "stop"
+        elif is_eos:
+            finish = "stop"
+        elif len(r.generated) >= r.params.max_tokens:
+            finish = "length"
+        if finish is None:
+            hold = max((len(s) - 1 for s in r.params.stop), default=0)
+            emit_to = max(r.sent_chars, len(text) - hold)
+            # never split a multi-byte character being built: decode marks it with U+FFFD
+            while emit_to > r.sent_chars and text[emit_to - 1] == "\ufffd":
+                emit_to -= 1
+        else:
+            emit_to = len(text)
+        delta = text[r.sent_chars : emit_to]
+        r.sent_chars = max(r.sent_chars, emit_to)
+        chunk = Chunk(text=delta, token_ids=[token], logprobs=lp)
+        if finish is not None:
+            r.finished = True
+            chunk.finish_reason = finish  # type: ignore[assignment]
+            chunk.prompt_tokens = len(r.prompt_ids)
+            chunk.completion_tokens = len(r.generated) + (1 if is_eos else 0)
+            r.emit(chunk)
+            r.emit(None)
+        elif delta or lp:
+            r.emit(chunk)
+
+    def _token_text(self, token: int) -> str:
+        return (
+            self.tokenizer.convert_ids_to_tokens(token)
+            if token not in self._eos_ids
+            else self.tokenizer.decode([token])
+        )
+
+
+def _generator(seed: int | None) -> Any:
+    import torch
+
+    g = torch.Generator()
+    g.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8), "little") & ((1 << 63) - 1))
+    return g
+
+
+def _find_stop(text: str, stops: tuple[str, ...], sent: int) -> int | None:
+    """Earliest index where a stop string begins (searching from just before what was already sent)."""
+    best: int | None = None
+    for s in stops:
+        if not s:
+            continue
+        i = text.find(s, max(0, sent - len(s) + 1))
+        if i != -1 and (best is None or i < best):
+            best = i
+    return best

@@ -1,0 +1,29 @@
+"""A single expert: one engine call, streamed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from gateway.engines.base import Prompt
+from gateway.executors.base import ExecEvent, ExecRequest, Executor, ExpertHandle
+
+
+class ExpertExecutor(Executor):
+    kind = "expert"
+
+    def __init__(self, name: str, expert: ExpertHandle):
+        super().__init__(name)
+        self.expert = expert
+
+    def experts(self) -> list[ExpertHandle]:
+        return [self.expert]
+
+    def max_model_len(self) -> int | None:
+        return self.expert.engine.max_model_len
+
+    def count_prompt_tokens(self, prompt: Prompt) -> int | None:
+        return self.expert.engine.count_prompt_tokens(prompt)
+
+    async def stream(self, request: ExecRequest) -> AsyncIterator[ExecEvent]:
+        async for event in self.expert.stream_step("0", request.prompt, request.params, request_id=request.request_id):
+            yield event
