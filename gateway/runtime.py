@@ -183,7 +183,10 @@ class RuntimeHolder:
             self.last_error = None
             if old is not None:
                 await old.close(keep=new)
-            engines = {f"{e.kind}:{Path(getattr(e, 'model_path', '') or '').name or '?'}" for e in new.engines.values()}
+            engines = {
+                f"{e.kind}:{Path(getattr(e, 'model_path', None) or getattr(e, 'model', '') or '').name or '?'}"
+                for e in new.engines.values()
+            }
             log.info(
                 "serving %d models from %s on engines %s",
                 len(new.executors),

@@ -159,8 +159,8 @@ def _resolve(base: Path, value: str | None) -> str | None:
 
 
 def _looks_local(value: str) -> bool:
-    """A path, not a hub name like ``org/model``."""
-    return value.startswith((".", "/", "~"))
+    """A path, not a hub name (hub names look like ``org/model``)."""
+    return value.startswith((".", "/", "~")) or value.count("/") != 1
 
 
 def parse_spec(data: Any, *, path: str | os.PathLike[str] | None = None, check_paths: bool = True) -> Spec:

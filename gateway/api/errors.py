@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway.engines.base import EngineError, EngineTimeout, PromptTooLong
+from gateway.engines.base import EngineError, EngineTimeout, InvalidEngineRequest, PromptTooLong
 from gateway.errors import (
     GatewayError,
     InvalidRequestError,
@@ -31,6 +31,8 @@ def to_gateway_error(exc: BaseException, *, prompt_param: str = "messages") -> G
         return exc
     if isinstance(exc, PromptTooLong):
         return InvalidRequestError(str(exc), param=prompt_param, code="context_length_exceeded")
+    if isinstance(exc, InvalidEngineRequest):
+        return InvalidRequestError(str(exc))
     if isinstance(exc, EngineTimeout | asyncio.TimeoutError | TimeoutError):
         return UpstreamTimeout(f"the engine did not answer in time: {exc}" if str(exc) else "the request timed out")
     if isinstance(exc, EngineError):
@@ -77,8 +79,9 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
+        _count_rejected(request, exc.body, 400)
         return error_response(InvalidRequestError(message, param=param))
 
     @app.exception_handler(StarletteHTTPException)
@@ -91,6 +94,16 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         return error_response(to_gateway_error(exc))
+
+
+def _count_rejected(request: Request, body: Any, status: int) -> None:
+    """Requests refused before they reach serving still count in ``swarmgate_requests_total``."""
+    metrics = getattr(request.app.state, "metrics", None)
+    endpoint = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}.get(request.url.path)
+    if metrics is None or endpoint is None:
+        return
+    model = body.get("model") if isinstance(body, dict) else None
+    metrics.requests.labels(model if isinstance(model, str) else "", endpoint, str(status)).inc()
 
 
 def sse_error_frame(err: GatewayError) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -31,7 +31,11 @@ class EngineTimeout(EngineError):
     """An engine did not answer in time (maps to HTTP 504)."""
 
 
-class PromptTooLong(ValueError):
+class InvalidEngineRequest(ValueError):
+    """The engine refuses the request itself (sampling settings it can't honour, no chat template): HTTP 400."""
+
+
+class PromptTooLong(InvalidEngineRequest):
     """The prompt plus the requested tokens do not fit the model's context (maps to HTTP 400)."""
 
     def __init__(self, prompt_tokens: int, max_tokens: int, max_model_len: int):
@@ -137,7 +141,7 @@ class Engine(abc.ABC):
         *,
         adapter: Adapter | None = None,
         request_id: str | None = None,
-    ) -> AsyncIterator[Chunk]:
+    ) -> AsyncGenerator[Chunk, None]:
         """Generate, yielding increments; the last chunk carries finish_reason and usage.
 
         Raises PromptTooLong before generating if the prompt does not fit. Cancelling the consumer (or

@@ -22,7 +22,7 @@ import os
 import queue
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,7 +171,7 @@ class TransformersEngine(Engine):
         *,
         adapter: Adapter | None = None,
         request_id: str | None = None,
-    ) -> AsyncIterator[Chunk]:
+    ) -> AsyncGenerator[Chunk, None]:
         if self._thread is None:
             raise EngineError("transformers engine not started")
         ids = self.tokenize(prompt)

