@@ -149,7 +149,7 @@ async def main() -> None:
                 "vllm serve": http_caller(client, f"http://127.0.0.1:{vl_port}/v1", "toy-base", args.max_tokens),
                 "swarmgate": http_caller(client, f"http://127.0.0.1:{gw_port}/v1", "toy-base", args.max_tokens),
             }
-            for name, call in targets.items():  # warm-up: compile paths, fill caches
+            for call in targets.values():  # warm-up: compile paths, fill caches
                 await drive(call, prompts[:8], 4)
             for c in args.concurrency:
                 for rnd in range(2):  # two interleaved rounds per level, to spread drift over all targets

@@ -28,17 +28,26 @@ def free_port() -> int:
 def running_gateway(spec_path: str | os.PathLike[str], *, timeout_s: float = 300, **settings: Any) -> Iterator[str]:
     """Serve ``spec_path`` with ``create_app(Settings(spec=..., **settings))`` on a free port; yield ``.../v1``.
 
-    The server runs uvicorn in a background thread with its own event loop, as in production, and is shut down
-    (engines closed) on exit.
+    Experts with ``engine: auto`` run on the transformers engine unless ``engine=`` says otherwise.
     """
-    import uvicorn
-
     from gateway.api.app import create_app
     from gateway.settings import Settings
 
-    port = free_port()
     settings.setdefault("engine", "transformers")
-    app = create_app(Settings(spec=Path(spec_path), host="127.0.0.1", port=port, **settings))
+    app = create_app(Settings(spec=Path(spec_path), host="127.0.0.1", **settings))
+    with serving(app, timeout_s=timeout_s) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serving(app: Any, *, timeout_s: float = 300) -> Iterator[str]:
+    """Run an ASGI app with uvicorn in a background thread (its own event loop) on a free port; yield ``.../v1``.
+
+    The app's lifespan runs as in production (engines loaded on start, closed on exit).
+    """
+    import uvicorn
+
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

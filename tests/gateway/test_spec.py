@@ -103,7 +103,7 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_api_key_env_must_exist(world: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SG_TEST_KEY", raising=False)
     path = write(world, "experts:\n  r: {engine: openai, url: 'http://x/v1', model: m, api_key_env: SG_TEST_KEY}\n")
-    with pytest.raises(SpecError, match="experts.r.api_key_env: environment variable SG_TEST_KEY is not set"):
+    with pytest.raises(SpecError, match=r"experts\.r\.api_key_env: environment variable SG_TEST_KEY is not set"):
         load_spec(path)
     monkeypatch.setenv("SG_TEST_KEY", "secret-value")
     assert load_spec(path).experts["r"].api_key_env == "SG_TEST_KEY"
