@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.engines import create_engine, resolve_engine_kind
+from gateway.engines.adapters import adapter_mismatch
 from gateway.engines.base import Adapter, Engine, EngineError
 from gateway.executors.base import Executor, ExpertHandle
 from gateway.executors.expert import ExpertExecutor
@@ -71,7 +72,7 @@ class Runtime:
         created: list[Engine] = []
         try:
             for name, e in spec.experts.items():
-                rt.experts[name] = rt._handle(name, e, force_engine, reuse, created)
+                rt.experts[name] = rt._handle(name, e, force_engine, reuse, created, f"experts.{name}")
             await asyncio.gather(*(eng.start() for eng in created))
             for name in spec.experts:
                 rt.executors[name] = ExpertExecutor(name, rt.experts[name])
@@ -103,8 +104,12 @@ class Runtime:
         return eng
 
     def _handle(
-        self, name: str, e: ExpertSpec, force: str | None, reuse: Runtime | None, created: list[Engine]
+        self, name: str, e: ExpertSpec, force: str | None, reuse: Runtime | None, created: list[Engine], key: str
     ) -> ExpertHandle:
+        if e.adapter and Path(e.model).is_dir():
+            problem = adapter_mismatch(e.adapter, e.model)
+            if problem:
+                raise SpecError(self.spec_path, f"{key}.adapter", problem)
         engine = self._engine(e, force, reuse, created)
         adapter = adapter_for(name, e.adapter) if e.adapter else None
         return ExpertHandle(name=name, engine=engine, adapter=adapter, cost=e.cost, description=e.description)
@@ -113,7 +118,7 @@ class Runtime:
         self, name: str, ens: Any, force: str | None, reuse: Runtime | None, created: list[Engine]
     ) -> Executor:
         if isinstance(ens, ExpertEnsemble):
-            handle = self._handle(name, ens, force, reuse, created)
+            handle = self._handle(name, ens, force, reuse, created, f"ensembles.{name}")
             await handle.engine.start()
             return ExpertExecutor(name, handle)
         if isinstance(ens, DagEnsemble):

@@ -22,7 +22,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def toy_world():
-    """The toy world (tiny real checkpoints), built on first use and cached by content hash."""
-    from toyworld.build import build_toy_world
+    """The toy world (tiny real checkpoints), built on first use and cached by content hash.
 
+    ``SWARMGATE_TEST_TOY_DIR`` points the tests at an existing build instead (e.g. while iterating on the toy world).
+    """
+    from toyworld.build import ToyWorld, build_toy_world
+
+    override = os.environ.get("SWARMGATE_TEST_TOY_DIR")
+    if override:
+        return ToyWorld.load(override)
     return build_toy_world(progress=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -62,12 +63,16 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     if not errors:
         return "invalid request", None
     first = errors[0]
-    if first.get("type") == "json_invalid":
+    kind = first.get("type")
+    if kind == "json_invalid":
         return "We could not parse the JSON body of your request: " + str(first.get("ctx", {}).get("error", "")), None
-    if first.get("type") == "model_attributes_type" or (first.get("loc") == ("body",)):
+    if kind in {"model_attributes_type", "dict_type", "model_type"} and tuple(first.get("loc", ())) == ("body",):
         return "The request body must be a JSON object.", None
     param = _param_of(tuple(first.get("loc", ())))
     msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    if param is None:  # a model-level check: its message names the field first, in quotes
+        m = re.match(r"'([a-z_]+)'", msg)
+        return msg, (m.group(1) if m else None)
     if first.get("type") == "missing":
         return f"Missing required parameter: '{param}'.", param
     return (f"Invalid value for '{param}': {msg}" if param else msg), param

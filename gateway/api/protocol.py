@@ -6,7 +6,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
 class _Request(BaseModel):
@@ -45,13 +45,19 @@ class _Sampling(_Request, SwarmgateExtras):
     seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
     user: str | None = None
 
-    @model_validator(mode="after")
-    def _check_stop(self) -> _Sampling:
-        stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        stops = [stop] if isinstance(stop, str) else (stop or [])
         if len(stops) > 4:
-            raise ValueError("'stop' takes at most 4 sequences")
+            raise ValueError("at most 4 stop sequences")
         if any(s == "" for s in stops):
-            raise ValueError("'stop' sequences must be non-empty")
+            raise ValueError("stop sequences must be non-empty")
+        return stop
+
+    @model_validator(mode="after")
+    def _check_stream_options(self) -> _Sampling:
+        # model-level errors name their field first, in quotes: the error handler makes it the 'param'
         if self.stream_options is not None and not self.stream:
             raise ValueError("'stream_options' is only allowed when 'stream' is true")
         return self
@@ -105,15 +111,19 @@ class CompletionRequest(_Sampling):
     echo: bool = False
     suffix: str | None = None
 
-    @model_validator(mode="after")
-    def _check_prompt(self) -> CompletionRequest:
-        if isinstance(self.prompt, list) and not self.prompt:
-            raise ValueError("'prompt' must not be empty")
-        if self.echo:
-            raise ValueError("'echo' is not supported")
-        if self.suffix:
-            raise ValueError("'suffix' is not supported")
-        return self
+    @field_validator("prompt")
+    @classmethod
+    def _check_prompt(cls, prompt: str | list[str]) -> str | list[str]:
+        if isinstance(prompt, list) and not prompt:
+            raise ValueError("must not be empty")
+        return prompt
+
+    @field_validator("echo", "suffix")
+    @classmethod
+    def _unsupported(cls, value: object, info: ValidationInfo) -> object:
+        if value:
+            raise ValueError(f"'{info.field_name}' is not supported")
+        return value
 
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.engines.adapters import adapter_mismatch
 from gateway.engines.base import (
     Adapter,
     Chunk,
@@ -111,6 +112,11 @@ class TransformersEngine(Engine):
         async with self._start_lock:
             if self._thread is not None:
                 return
+            # transformers' lazy module is not thread-safe: resolve the names here, on one thread, before the load
+            # (engines start concurrently in worker threads).
+            import peft  # noqa: F401
+            from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache  # noqa: F401
+
             await asyncio.to_thread(self._load)
             self._thread = threading.Thread(target=self._worker, name=f"tf-engine:{self.model_path}", daemon=True)
             self._thread.start()
@@ -216,6 +222,9 @@ class TransformersEngine(Engine):
             return
         if not (Path(adapter.path) / "adapter_config.json").is_file():
             raise EngineError(f"adapter {adapter.name!r}: no PEFT adapter at {adapter.path}")
+        problem = adapter_mismatch(adapter.path, self.model_path)
+        if problem:
+            raise EngineError(f"adapter {adapter.name!r} does not fit {self.model_path}: {problem}")
         await self._call(lambda: self._load_adapter(adapter))
 
     def _load_adapter(self, adapter: Adapter) -> None:

@@ -181,11 +181,14 @@ def test_error_classes_map_to_sdk_exceptions(client: openai.OpenAI, base_url: st
         client.chat.completions.create(model="toy-base", messages=[{"role": "user", "content": "a" * 5000}])
     assert long_.value.body["code"] == "context_length_exceeded" and long_.value.body["param"] == "messages"
 
-    for bad_key in (None, "sk-wrong-000000000"):
-        c = openai.OpenAI(base_url=base_url, api_key=bad_key or "", max_retries=0)
-        with pytest.raises(openai.AuthenticationError) as e401:
-            c.chat.completions.create(model="toy-base", messages=msgs)
-        assert e401.value.status_code == 401 and e401.value.body["type"] == "authentication_error"
+    wrong = openai.OpenAI(base_url=base_url, api_key="sk-wrong-000000000", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as e401:
+        wrong.chat.completions.create(model="toy-base", messages=msgs)
+    assert e401.value.status_code == 401 and e401.value.body["type"] == "authentication_error"
+    missing = httpx.post(f"{base_url}/chat/completions", json={"model": "toy-base", "messages": msgs})
+    assert missing.status_code == 401 and missing.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(f"{base_url}/models").status_code == 401
+    assert httpx.get(base_url.removesuffix("/v1") + "/health").status_code == 200  # probes need no key
 
 
 def test_rate_limit_when_queue_full(toy_world) -> None:
