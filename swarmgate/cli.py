@@ -52,6 +52,13 @@ def serve(
         tw = build_toy_world()
         typer.echo(f"serving the toy world: {tw.spec_path}")
         settings.spec = tw.spec_path
+    from gateway.spec import SpecError, load_spec
+
+    try:
+        load_spec(settings.spec)  # refuse a bad spec with one clear line before anything starts
+    except SpecError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level.lower())
 
 
