@@ -3,7 +3,7 @@
 All three run in this one invocation, interleaved per concurrency level, with identical prompts and greedy sampling,
 so the ratios are measured side by side. Prints a table and writes JSON.
 
-    .venv/bin/python benchmarks/gateway_overhead.py [--requests 64] [--concurrency 1 8 32] [--out runs/bench/gateway_overhead.json]
+    .venv/bin/python benchmarks/gateway_overhead.py [--requests 256] [--rounds 4] [--concurrency 1 8 32] [--lora] [--out runs/bench/gateway_overhead.json]
 """
 
 from __future__ import annotations
@@ -95,25 +95,37 @@ def free_port() -> int:
 
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--requests", type=int, default=64, help="requests per (target, concurrency)")
+    ap.add_argument("--requests", type=int, default=256, help="requests per measured pass")
+    ap.add_argument("--rounds", type=int, default=4, help="measured passes per (target, concurrency)")
+    ap.add_argument("--warmup-passes", type=int, default=2, help="unmeasured passes per (target, concurrency)")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument(
+        "--lora", action="store_true", help="enable multi-LoRA in all three engines (default: off in all three)"
+    )
+    ap.add_argument(
+        "--toy-dir", type=Path, default=None, help="an existing toy world build (default: build/reuse the cached one)"
+    )
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench" / "gateway_overhead.json")
     args = ap.parse_args()
 
     from gateway.engines import create_engine
     from gateway.engines.base import SamplingParams
-    from toyworld.build import build_toy_world
+    from toyworld.build import ToyWorld, build_toy_world
     from toyworld.tasks import TASKS
 
-    tw = build_toy_world(progress=False)
+    tw = ToyWorld.load(args.toy_dir) if args.toy_dir else build_toy_world(progress=False)
     model = str(tw.base_dir)
     import random
 
     rng = random.Random(0)
     names = sorted(TASKS)
     prompts = [f"Q: {TASKS[names[i % len(names)]].sample(rng).question}\nA: " for i in range(args.requests)]
-    engine_args = {"max_model_len": 256}
+    # The same engine configuration for all three targets, so only the serving layer differs.
+    engine_args = {"max_model_len": 256, "dtype": "float32", "enforce_eager": True, "enable_lora": args.lora}
+    if args.lora:
+        engine_args |= {"max_lora_rank": 16, "max_loras": 8}
+    lora_flags = ["--enable-lora", "--max-lora-rank", "16", "--max-loras", "8"] if args.lora else []
 
     work = Path(tempfile.mkdtemp(prefix="sg-bench-"))
     spec = work / "spec.yaml"
@@ -128,7 +140,8 @@ async def main() -> None:
     vl = subprocess.Popen(
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--served-model-name",
          "toy-base", "--host", "127.0.0.1", "--port", str(vl_port), "--max-model-len", "256", "--dtype", "float32",
-         "--enforce-eager", "--disable-log-requests", "--disable-log-stats"],
+         "--enforce-eager", "--disable-log-stats", "--uvicorn-log-level", "warning",
+         "--gpu-memory-utilization", "0.3", *lora_flags],
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )  # fmt: skip
     direct = create_engine("vllm", model, **engine_args)
@@ -149,11 +162,14 @@ async def main() -> None:
                 "vllm serve": http_caller(client, f"http://127.0.0.1:{vl_port}/v1", "toy-base", args.max_tokens),
                 "swarmgate": http_caller(client, f"http://127.0.0.1:{gw_port}/v1", "toy-base", args.max_tokens),
             }
-            for call in targets.values():  # warm-up: compile paths, fill caches
-                await drive(call, prompts[:8], 4)
             for c in args.concurrency:
-                for rnd in range(2):  # two interleaved rounds per level, to spread drift over all targets
-                    order = list(targets.items()) if rnd == 0 else list(reversed(targets.items()))
+                # vLLM's CPU backend speeds up over its first few hundred requests at a new batch size: warm every
+                # target at this concurrency before measuring it.
+                for call in targets.values():
+                    for _ in range(args.warmup_passes):
+                        await drive(call, prompts, c)
+                for rnd in range(args.rounds):  # interleaved rounds, alternating order, to spread drift over targets
+                    order = list(targets.items()) if rnd % 2 == 0 else list(reversed(targets.items()))
                     for name, call in order:
                         r = await drive(call, prompts, c)
                         results.append({"target": name, "concurrency": c, "round": rnd, **r})
@@ -182,19 +198,34 @@ async def main() -> None:
         row["added_p50_ms_vs_vllm_serve"] = g["p50_ms"] - v["p50_ms"]
         summary.append(row)
 
-    print(f"\nGateway overhead on the toy base model ({args.requests} requests/level, max_tokens={args.max_tokens}, greedy)")
+    lora = "LoRA on" if args.lora else "LoRA off"
+    print(
+        f"\nGateway overhead on the toy base model ({args.requests} requests/level, max_tokens={args.max_tokens}, "
+        f"greedy, {lora} in all three engines)"
+    )
     head = f"{'conc':>4} | {'target':<16} | {'req/s':>8} | {'p50 ms':>8} | {'p95 ms':>8}"
     print(head + "\n" + "-" * len(head))
     for row in summary:
         for name in ("engine (direct)", "vllm serve", "swarmgate"):
             m = row[name]
-            print(f"{row['concurrency']:>4} | {name:<16} | {m['rps']:>8.1f} | {m['p50_ms']:>8.2f} | {m['p95_ms']:>8.2f}")
+            print(
+                f"{row['concurrency']:>4} | {name:<16} | {m['rps']:>8.1f} | {m['p50_ms']:>8.2f} | {m['p95_ms']:>8.2f}"
+            )
         print(
             f"{'':>4} | {'gateway/vllm':<16} | {row['rps_ratio_vs_vllm_serve']:>7.3f}x | "
             f"{row['added_p50_ms_vs_vllm_serve']:>+8.2f} |"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"config": vars(args) | {"out": str(args.out)}, "summary": summary, "runs": results}, indent=2))
+    args.out.write_text(
+        json.dumps(
+            {
+                "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                "summary": summary,
+                "runs": results,
+            },
+            indent=2,
+        )
+    )
     print(f"\nwrote {args.out}")
 
 

@@ -68,10 +68,10 @@ def toy_build(
     force: Annotated[bool, typer.Option(help="Rebuild even if a finished build exists.")] = False,
 ) -> None:
     """Build (or reuse) the toy world and print its accuracy matrix (expert x task, test split)."""
-    from toyworld.build import build_toy_world, format_accuracy
+    from toyworld.build import build_toy_world, format_matrix
 
     tw = build_toy_world(root, force=force)
-    typer.echo(format_accuracy(tw.accuracy))
+    typer.echo(format_matrix(tw.accuracy, tw.chain_accuracy))
     typer.echo(f"toy world: {tw.root}\nspec: {tw.spec_path}")
 
 
