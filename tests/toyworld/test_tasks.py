@@ -1,0 +1,106 @@
+"""Tasks, scorers and the prompt format (no models: milliseconds)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from toyworld.format import KTP_TEMPLATE, PREDECESSOR_RESPONSE, PREDECESSOR_TEMPLATE, render, user_content
+from toyworld.tasks import COMPOSED, SKILLS, TASKS, Example, score_exact, task_of
+
+
+def test_registry() -> None:
+    assert SKILLS == ["add", "rev", "sort", "count"]
+    assert COMPOSED == ["addrev", "sortrev"]
+    assert set(TASKS) == set(SKILLS) | set(COMPOSED)
+    assert all(TASKS[t].composed for t in COMPOSED) and not any(TASKS[t].composed for t in SKILLS)
+
+
+@pytest.mark.parametrize(
+    ("task", "question", "answer"),
+    [
+        ("add", "add 47 32", "79"),
+        ("rev", "rev abcdef", "fedcba"),
+        ("sort", "sort dbca", "abcd"),
+        ("count", "count a in abaca", "3"),
+        ("addrev", "addrev 12 34", "64"),
+        ("sortrev", "sortrev dbca", "dcba"),
+    ],
+)
+def test_answers_are_correct(task: str, question: str, answer: str) -> None:
+    """Samples obey the task's definition (checked by re-solving each sampled question independently)."""
+    rng = random.Random(0)
+    for _ in range(200):
+        ex = TASKS[task].sample(rng)
+        assert ex.task == task and task_of(ex.question) == task
+        assert ex.answer == _solve(ex.question)
+    assert _solve(question) == answer
+
+
+def _solve(question: str) -> str:
+    word, *args = question.split()
+    if word in ("add", "addrev"):
+        s = str(int(args[0]) + int(args[1]))
+        return s if word == "add" else s[::-1]
+    if word == "rev":
+        return args[0][::-1]
+    if word in ("sort", "sortrev"):
+        s = "".join(sorted(args[0]))
+        return s if word == "sort" else s[::-1]
+    if word == "count":
+        return str(args[2].count(args[0]))
+    raise AssertionError(question)
+
+
+def test_composed_intermediate() -> None:
+    assert TASKS["addrev"].steps == ("add", "rev")
+    assert TASKS["addrev"].intermediate("addrev 12 34") == "46"  # type: ignore[misc]
+    assert TASKS["sortrev"].intermediate("sortrev dbca") == "abcd"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_deterministic_with_seed(task: str) -> None:
+    a = [TASKS[task].sample(random.Random(7)) for _ in range(3)]
+    b = [TASKS[task].sample(random.Random(7)) for _ in range(3)]
+    assert a == b
+    rng = random.Random(1)
+    many = {TASKS[task].sample(rng).question for _ in range(100)}
+    assert len(many) > 20  # actually random
+
+
+def test_operands_have_at_least_two_digits() -> None:
+    rng = random.Random(3)
+    for _ in range(200):
+        _, a, b = TASKS["add"].sample(rng).question.split()
+        assert len(a) >= 2 and len(b) >= 2
+        assert int(a[-1]) + int(b[-1]) < 10  # units never carry (learnable in the time budget)
+
+
+def test_score_exact() -> None:
+    assert score_exact(" 85\n", "85") == 1.0
+    assert score_exact("85", " 85 ") == 1.0
+    assert score_exact("58", "85") == 0.0
+    assert score_exact("", "85") == 0.0
+    assert score_exact("8 5", "85") == 0.0
+
+
+def test_example_is_a_dataclass() -> None:
+    ex = Example(question="add 1 2", answer="3", task="add")
+    assert (ex.question, ex.answer, ex.task) == ("add 1 2", "3", "add")
+
+
+def test_render() -> None:
+    assert render("add 12 34") == "Q: add 12 34\nA: "
+    assert render("addrev 12 34", ["46"]) == "Q: addrev 12 34\nP: 46\nA: "
+    assert render("q", ["x", "y"]) == "Q: q\nP: x\nP: y\nA: "
+
+
+def test_templates_build_the_rendered_prompt_content() -> None:
+    """A chat user message 'Q: {content}\\nA: ' built from either template equals render()."""
+    wrap = "Q: {}\nA: ".format
+    assert wrap(KTP_TEMPLATE.format(question="addrev 12 34", previous="46")) == render("addrev 12 34", ["46"])
+    responses = "".join(PREDECESSOR_RESPONSE.format(response=r) for r in ["46", "64"])
+    assert wrap(PREDECESSOR_TEMPLATE.format(question="q", responses=responses)) == render("q", ["46", "64"])
+    assert wrap(PREDECESSOR_TEMPLATE.format(question="q", responses="")) == render("q")
+    assert wrap(user_content("q", ["a", "b"])) == render("q", ["a", "b"])

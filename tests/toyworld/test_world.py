@@ -1,0 +1,138 @@
+"""The built toy world (session fixture ``toy_world``, cached by content hash) and the build's determinism."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from toyworld.build import CHAINS, EXPERTS, ToyWorld, build_toy_world, weights_digest
+from toyworld.format import KTP_TEMPLATE, render
+from toyworld.model import EXPERT_NAMES, ToyConfig
+from toyworld.tasks import COMPOSED, SKILLS, TASKS
+
+MARGIN = 0.30
+"""A specialist beats the base on its own skill by at least this much (test exact match)."""
+
+
+def _skills_mean(acc: dict[str, float]) -> float:
+    return sum(acc[t] for t in SKILLS) / len(SKILLS)
+
+
+def test_layout(toy_world: ToyWorld) -> None:
+    w = toy_world
+    assert w.spec_path == w.root / "spec.yaml" and w.spec_path.is_file()
+    for d in (w.base_dir, w.big_dir):
+        for name in (
+            "config.json",
+            "model.safetensors",
+            "generation_config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ):
+            assert (d / name).is_file(), d / name
+    assert set(w.expert_dirs) == {"adder", "reverser", "sorter", "counter"} == set(EXPERTS)
+    for d in w.expert_dirs.values():
+        assert (d / "adapter_config.json").is_file() and (d / "adapter_model.safetensors").is_file()
+    assert set(w.accuracy) == {"base", "big", *EXPERTS}
+    assert ToyWorld.load(w.root) == w
+
+
+def test_spec_loads(toy_world: ToyWorld) -> None:
+    from gateway.spec import load_spec
+
+    spec = load_spec(toy_world.spec_path)
+    assert set(spec.experts) == {"toy-base", "toy-big", *(f"toy-{n}" for n in EXPERTS)}
+    assert Path(spec.experts["toy-adder"].model) == toy_world.base_dir
+    assert Path(spec.experts["toy-adder"].adapter or "") == toy_world.expert_dirs["adder"]
+    assert spec.experts["toy-big"].cost > spec.experts["toy-base"].cost
+
+
+def test_checkpoints(toy_world: ToyWorld) -> None:
+    cfg = json.loads((toy_world.base_dir / "config.json").read_text())
+    big = json.loads((toy_world.big_dir / "config.json").read_text())
+    for c in (cfg, big):
+        assert c["architectures"] == ["LlamaForCausalLM"]
+        assert c["hidden_size"] // c["num_attention_heads"] == 64 == c.get("head_dim", 64)
+    assert big["hidden_size"] * big["num_hidden_layers"] > cfg["hidden_size"] * cfg["num_hidden_layers"]
+    gen = json.loads((toy_world.base_dir / "generation_config.json").read_text())
+    assert gen["eos_token_id"] == 2
+    for d in toy_world.expert_dirs.values():
+        ad = json.loads((d / "adapter_config.json").read_text())
+        assert ad["peft_type"] == "LORA" and ad["r"] <= 16
+        assert {"q_proj", "k_proj", "v_proj", "o_proj"} <= set(ad["target_modules"])
+
+
+def test_datasets(toy_world: ToyWorld) -> None:
+    for task in TASKS:
+        train, dev, test = (toy_world.examples(task, s) for s in ("train", "dev", "test"))
+        assert len(dev) == 200 and len(test) == 200 and len(train) >= 1000
+        assert all(e.task == task for e in (*train, *dev, *test))
+        qs = {s: {e.question for e in exs} for s, exs in (("train", train), ("dev", dev), ("test", test))}
+        assert not qs["train"] & qs["dev"] and not qs["train"] & qs["test"] and not qs["dev"] & qs["test"]
+
+
+def test_specialisation(toy_world: ToyWorld) -> None:
+    acc = toy_world.accuracy
+    for skill, name in EXPERT_NAMES.items():
+        assert acc[name][skill] >= acc["base"][skill] + MARGIN, (name, skill, acc[name][skill], acc["base"][skill])
+    assert 0.0 < _skills_mean(acc["base"]) < 0.7, "the base should be weak but not useless"
+    assert _skills_mean(acc["big"]) > _skills_mean(acc["base"]) + 0.1
+    assert all(_skills_mean(acc["big"]) > _skills_mean(acc[n]) for n in EXPERTS), "big: best single expert on skills"
+
+
+def test_composition_needs_two_experts(toy_world: ToyWorld) -> None:
+    acc, chains = toy_world.accuracy, toy_world.chain_accuracy
+    assert set(chains) == set(COMPOSED) == set(CHAINS)
+    for task in COMPOSED:
+        best_single = max(a[task] for a in acc.values())
+        assert chains[task] >= best_single + MARGIN, (task, chains[task], best_single)
+
+
+def test_chat_template_path_generates(toy_world: ToyWorld) -> None:
+    """Served path: AutoTokenizer chat template -> base + LoRA (PEFT) -> greedy -> decode, as the gateway does."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(toy_world.base_dir))
+    base = AutoModelForCausalLM.from_pretrained(str(toy_world.base_dir))
+    model = PeftModel.from_pretrained(base, str(toy_world.expert_dirs["reverser"])).eval()
+    exs = toy_world.examples("addrev", "dev")[:8]
+    contents = [KTP_TEMPLATE.format(question=e.question, previous=e.answer[::-1]) for e in exs]
+    right = 0
+    for ex, content in zip(exs, contents, strict=True):
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+        )
+        assert text == render(ex.question, [ex.answer[::-1]])
+        ids = tok(text, return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**ids, max_new_tokens=10, do_sample=False)
+        right += tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True) == ex.answer
+    assert right >= 6
+
+
+@pytest.fixture(scope="module")
+def tiny_builds(tmp_path_factory: pytest.TempPathFactory) -> tuple[ToyWorld, ToyWorld]:
+    cfg = ToyConfig.tiny()
+    a = build_toy_world(tmp_path_factory.mktemp("a") / "toy", config=cfg, progress=False)
+    b = build_toy_world(tmp_path_factory.mktemp("b") / "toy", config=cfg, progress=False)
+    return a, b
+
+
+def test_build_is_deterministic(tiny_builds: tuple[ToyWorld, ToyWorld]) -> None:
+    a, b = tiny_builds
+    assert weights_digest(a.root) == weights_digest(b.root)
+    assert a.accuracy == b.accuracy
+    for task in TASKS:
+        assert (a.data_dir / task / "test.jsonl").read_bytes() == (b.data_dir / task / "test.jsonl").read_bytes()
+
+
+def test_finished_build_is_reused(tiny_builds: tuple[ToyWorld, ToyWorld]) -> None:
+    a, _ = tiny_builds
+    stamp = (a.root / "toyworld.json").stat().st_mtime_ns
+    again = build_toy_world(a.root, config=ToyConfig.tiny(), progress=False)
+    assert again == a and (a.root / "toyworld.json").stat().st_mtime_ns == stamp
+    assert not list(a.root.parent.glob(".*tmp-*"))

@@ -1,0 +1,24 @@
+"""``python -m toyworld [--force] [--root DIR]``: build (or reuse) the toy world and print its accuracy matrix."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from toyworld.build import build_toy_world, format_matrix
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m toyworld", description=__doc__)
+    parser.add_argument("--force", action="store_true", help="rebuild even if a finished build exists")
+    parser.add_argument("--root", type=Path, default=None, help="build directory (default: the content-hash cache)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    world = build_toy_world(args.root, force=args.force, progress=not args.quiet)
+    print(f"root: {world.root}\nspec: {world.spec_path}")
+    print(format_matrix(world.accuracy, world.chain_accuracy))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

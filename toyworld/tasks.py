@@ -1,0 +1,153 @@
+"""Synthetic toy tasks: generators and exact-match scorers.
+
+Four *skills* a single small model can learn, and two *composed* tasks whose second step works on the first step's
+result, so that a chain (or DAG) of two specialists solves what neither solves alone:
+
+=========  ==========================  =========  =====================================
+task       question                    answer     how it is solved
+=========  ==========================  =========  =====================================
+add        ``add 47 32``               ``79``     adder
+rev        ``rev abcdef``              ``fedcba`` reverser
+sort       ``sort dbca``               ``abcd``   sorter
+count      ``count a in abaca``        ``3``      counter
+addrev     ``addrev 12 34``            ``64``     adder (``46``) then reverser (``64``)
+sortrev    ``sortrev dbca``            ``dcba``   sorter (``abcd``) then reverser (``dcba``)
+=========  ==========================  =========  =====================================
+
+Everything is deterministic given a ``random.Random``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+ALPHABET = "abcdefgh"
+"""Letters the string tasks draw from (small, so a tiny char-level model learns them quickly)."""
+ADD_RANGE = (10, 99)
+"""Inclusive operand range of ``add``/``addrev``: two-digit operands. The units digits never carry (their sum is
+below 10; the tens may overflow into a third digit): a tiny model learns this in a few hundred steps, with carries
+it needs thousands."""
+REV_LEN = (3, 8)
+"""Inclusive string length range of ``rev``."""
+SORT_LEN = (3, 8)
+"""Inclusive string length range of ``sort``/``sortrev``."""
+COUNT_LEN = (3, 8)
+"""Inclusive string length range of ``count``."""
+COUNT_ALPHABET = "ab"
+"""Letters of ``count`` strings (two letters keep it learnable; with lengths 3..8 there are 1008 distinct questions,
+enough for disjoint dev, test and training sets)."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One question with its gold answer."""
+
+    question: str
+    """The task text, e.g. ``add 47 38`` (no prompt scaffolding; see ``toyworld.format.render``)."""
+    answer: str
+    """The exact expected answer, e.g. ``85``."""
+    task: str
+    """Task name (a key of ``TASKS``)."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task: a name, a generator of (question, answer) pairs and, for composed tasks, its two steps."""
+
+    name: str
+    """Key in ``TASKS``; also the question's first word."""
+    generate: Callable[[random.Random], tuple[str, str]]
+    """Draws one (question, answer) pair from ``rng``."""
+    steps: tuple[str, ...] = ()
+    """For composed tasks: the skills that solve it in order (e.g. ``("add", "rev")``); empty for skills."""
+    intermediate: Callable[[str], str] | None = None
+    """For composed tasks: the first step's answer for a question (what a ``P:`` line should hold)."""
+
+    def sample(self, rng: random.Random) -> Example:
+        """One example drawn with ``rng`` (deterministic for a seeded ``rng``)."""
+        question, answer = self.generate(rng)
+        return Example(question=question, answer=answer, task=self.name)
+
+    @property
+    def composed(self) -> bool:
+        """Whether this task needs two skills."""
+        return bool(self.steps)
+
+
+def _letters(rng: random.Random, bounds: tuple[int, int], alphabet: str = ALPHABET) -> str:
+    return "".join(rng.choice(alphabet) for _ in range(rng.randint(*bounds)))
+
+
+def _operands(rng: random.Random) -> tuple[int, int]:
+    while True:
+        a, b = rng.randint(*ADD_RANGE), rng.randint(*ADD_RANGE)
+        if a % 10 + b % 10 < 10:
+            return a, b
+
+
+def _add(rng: random.Random) -> tuple[str, str]:
+    a, b = _operands(rng)
+    return f"add {a} {b}", str(a + b)
+
+
+def _rev(rng: random.Random) -> tuple[str, str]:
+    s = _letters(rng, REV_LEN)
+    return f"rev {s}", s[::-1]
+
+
+def _sort(rng: random.Random) -> tuple[str, str]:
+    s = _letters(rng, SORT_LEN)
+    return f"sort {s}", "".join(sorted(s))
+
+
+def _count(rng: random.Random) -> tuple[str, str]:
+    s = _letters(rng, COUNT_LEN, COUNT_ALPHABET)
+    c = rng.choice(COUNT_ALPHABET)
+    return f"count {c} in {s}", str(s.count(c))
+
+
+def _addrev(rng: random.Random) -> tuple[str, str]:
+    a, b = _operands(rng)
+    return f"addrev {a} {b}", str(a + b)[::-1]
+
+
+def _sortrev(rng: random.Random) -> tuple[str, str]:
+    s = _letters(rng, SORT_LEN)
+    return f"sortrev {s}", "".join(sorted(s))[::-1]
+
+
+def _addrev_intermediate(question: str) -> str:
+    _, a, b = question.split()
+    return str(int(a) + int(b))
+
+
+def _sortrev_intermediate(question: str) -> str:
+    return "".join(sorted(question.split()[1]))
+
+
+TASKS: dict[str, Task] = {
+    "add": Task("add", _add),
+    "rev": Task("rev", _rev),
+    "sort": Task("sort", _sort),
+    "count": Task("count", _count),
+    "addrev": Task("addrev", _addrev, steps=("add", "rev"), intermediate=_addrev_intermediate),
+    "sortrev": Task("sortrev", _sortrev, steps=("sort", "rev"), intermediate=_sortrev_intermediate),
+}
+"""Every task by name."""
+SKILLS: list[str] = ["add", "rev", "sort", "count"]
+"""Tasks a single specialist solves."""
+COMPOSED: list[str] = ["addrev", "sortrev"]
+"""Tasks that need two skills in sequence."""
+
+
+def score_exact(prediction: str, answer: str) -> float:
+    """1.0 when the prediction equals the answer after stripping surrounding whitespace, else 0.0."""
+    return 1.0 if prediction.strip() == answer.strip() else 0.0
+
+
+def task_of(question: str) -> str | None:
+    """The task a question belongs to (its first word), or None when it is not a toy question."""
+    word = question.strip().split(" ", 1)[0]
+    return word if word in TASKS else None
