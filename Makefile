@@ -4,12 +4,14 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PORT   ?= 8000
+SPEC   ?=
+SPEC_ARG := $(if $(SPEC),--spec $(SPEC),)
 # vLLM's CPU build: 1 GiB of KV cache per engine is plenty for the toy world.
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: install toy serve test test-all lint bench clean-toy
+.PHONY: install toy serve router search test test-all lint bench clean-toy
 
 install: $(STAMP)
 
@@ -32,7 +34,15 @@ toy: install
 	$(BIN)/swarmgate toy build
 
 serve: toy
-	$(BIN)/swarmgate serve --port $(PORT)
+	$(BIN)/swarmgate serve --port $(PORT) $(SPEC_ARG)
+
+# The toy router end to end (~20 min on 2 cores): collect trajectories, train PPO, evaluate, write a spec with toy-router.
+router: toy
+	$(BIN)/swarmgate router collect --split train
+	$(BIN)/swarmgate router train
+	$(BIN)/swarmgate router eval --collect --oracle-depth 2
+	$(BIN)/swarmgate router spec --out artifacts/router/spec.yaml
+	@echo ">> serve it: make serve SPEC=artifacts/router/spec.yaml"
 
 test: toy
 	$(BIN)/python -m pytest
