@@ -1,0 +1,163 @@
+"""``swarmgate search ...``: Model Swarms (``swarm``) and Heterogeneous Swarms (``graph``) from a YAML config.
+
+Without ``--config`` each command runs its default config on the toy world (``offline_search/configs/``).
+Configs are validated completely (datasets, experts, adapters against their base) before any model is loaded;
+a bad one exits with status 2 and a message naming the file, the key and the problem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from offline_search.config import ConfigError, default_config_path, load_graph_config, load_swarm_config, prepare
+
+app = typer.Typer(help="Offline PSO search: Model Swarms and Heterogeneous Swarms.", no_args_is_help=True)
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="Search config (YAML). Default: the toy-world config.")
+]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the search saved in the output directory.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Delete a previous search in the output directory first.")]
+OutOpt = Annotated[Path | None, typer.Option("--output-dir", "-o", help="Override the config's output_dir.")]
+EngineOpt = Annotated[str | None, typer.Option("--engine", help="Override the engine kind: transformers or vllm.")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Override the config's seed.")]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Disable the output cache (benchmarks).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+
+
+def _overrides(engine: str | None, seed: int | None, no_cache: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"engine": engine, "seed": seed}
+    if no_cache:
+        out["cache"] = False
+    return out
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code=2)
+
+
+def _start(output_dir: Path, resume: bool, force: bool) -> None:
+    if force and resume:
+        raise typer.BadParameter("--force and --resume exclude each other")
+    if force and output_dir.exists():
+        shutil.rmtree(output_dir)
+
+
+def _setup_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command("swarm")
+def swarm(
+    config: ConfigOpt = None,
+    resume: ResumeOpt = False,
+    force: ForceOpt = False,
+    output_dir: OutOpt = None,
+    engine: EngineOpt = None,
+    seed: SeedOpt = None,
+    no_cache: NoCacheOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Model Swarms: PSO over the experts' LoRA (or full) weights; writes the best checkpoint and a spec snippet."""
+    from offline_search.model_swarms import run_swarm_search
+
+    _setup_logging(quiet)
+    path = config or default_config_path("swarm")
+    try:
+        cfg = load_swarm_config(path, _overrides(engine, seed, no_cache))
+        prepared = prepare(cfg, path, output_dir=str(output_dir) if output_dir else None)
+        _start(prepared.output_dir, resume, force)
+        result = asyncio.run(run_swarm_search(prepared, resume=resume, progress=not quiet))
+    except ConfigError as exc:
+        raise _fail(exc) from None
+    s = result.summary
+    best_init = s["best_initial_expert"]
+    typer.echo(
+        f"best particle: dev {s['best']['dev']:.4f}  test {s['best']['test']:.4f}   "
+        f"best initial expert ({best_init}): test {s['experts'][best_init]['test']:.4f}   "
+        f"gain {s['test_gain_vs_best_initial']:+.4f}"
+    )
+    typer.echo(f"best checkpoint: {result.best_dir}")
+    typer.echo(f"spec snippet:    {result.spec_snippet}")
+    typer.echo(f"summary:         {result.output_dir / 'summary.json'}")
+
+
+@app.command("graph")
+def graph(
+    config: ConfigOpt = None,
+    resume: ResumeOpt = False,
+    force: ForceOpt = False,
+    output_dir: OutOpt = None,
+    engine: EngineOpt = None,
+    seed: SeedOpt = None,
+    no_cache: NoCacheOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Heterogeneous Swarms: PSO over DAGs of experts (G-Decode) and their weights (JFK); writes topology.json."""
+    from offline_search.hetero_swarms import run_graph_search
+
+    _setup_logging(quiet)
+    path = config or default_config_path("graph")
+    try:
+        cfg = load_graph_config(path, _overrides(engine, seed, no_cache))
+        prepared = prepare(cfg, path, output_dir=str(output_dir) if output_dir else None)
+        _start(prepared.output_dir, resume, force)
+        result = asyncio.run(run_graph_search(prepared, resume=resume, progress=not quiet))
+    except ConfigError as exc:
+        raise _fail(exc) from None
+    s = result.summary
+    single = s["best_single_expert"]
+    edges = ", ".join(f"{a} -> {b}" for a, b in s["dag"]["edges"]) or s["dag"]["final"]
+    typer.echo(f"DAG: {edges}")
+    typer.echo(
+        f"DAG: dev {s['dag']['dev']:.4f}  test {s['dag']['test']:.4f}   best single expert ({single}): "
+        f"test {s['experts'][single]['test']:.4f}   gain {s['test_gain_vs_best_single']:+.4f}"
+    )
+    typer.echo(f"topology:     {result.topology_path}")
+    typer.echo(f"spec snippet: {result.spec_snippet}")
+    typer.echo(f"summary:      {result.output_dir / 'summary.json'}")
+
+
+@app.command("config")
+def show_config(kind: Annotated[str, typer.Argument(help="swarm or graph")]) -> None:
+    """Print the default (toy-world) config of a search, to copy and edit."""
+    if kind not in ("swarm", "graph"):
+        raise typer.BadParameter("kind must be 'swarm' or 'graph'")
+    typer.echo(default_config_path(kind).read_text())  # type: ignore[arg-type]
+
+
+@app.command("validate")
+def validate(
+    kind: Annotated[str, typer.Argument(help="swarm or graph")],
+    config: ConfigOpt = None,
+) -> None:
+    """Check a config (datasets, experts, adapters) without running anything."""
+    if kind not in ("swarm", "graph"):
+        raise typer.BadParameter("kind must be 'swarm' or 'graph'")
+    path = config or default_config_path(kind)  # type: ignore[arg-type]
+    try:
+        cfg = load_swarm_config(path) if kind == "swarm" else load_graph_config(path)
+        p = prepare(cfg, path)
+    except ConfigError as exc:
+        raise _fail(exc) from None
+    typer.echo(
+        json.dumps(
+            {
+                "config": str(path),
+                "experts": [e.name for e in p.experts],
+                "dev_examples": len(p.splits.dev),
+                "test_examples": len(p.splits.test),
+                "tasks": p.splits.tasks(),
+                "output_dir": str(p.output_dir),
+            },
+            indent=2,
+        )
+    )

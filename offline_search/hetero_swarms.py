@@ -1,0 +1,529 @@
+"""Heterogeneous Swarms (Feng et al. 2025): search a DAG of experts (role-step) and their weights (weight-step).
+
+**Role-step.** Particles are continuous n x n adjacency matrices over the n experts (U(0, 1), zero diagonal). Each is
+decoded by G-Decode (``offline_search.decode``; top-p while searching, so a particle explores nearby graphs) into a
+DAG, which runs on the dev split through ``DagExecutor.run_batch`` (the same executor that serves ``kind: dag``), and
+its utility drives the PSO update. The result is the best graph actually scored (and the deterministic decode of the
+global best particle, if that scores higher).
+
+**Weight-step** (optional, ``weight_step.iterations > 0``; LoRA experts on one base). Particles are the weights of
+the experts in the best graph. A model's utility is its *JFK-score*: random assignments of those models to the
+graph's nodes (each node draws a model, with replacement) are scored, and a model's score is the mean utility over
+the slots it filled (a model no assignment sampled has no score this iteration, and the swarm leaves its personal
+best alone). The updated experts (each model's personal best, back in its own role) are kept only if the best graph
+scores higher on dev with them than without.
+
+Rounds alternate the two steps. Outputs, under ``output_dir``: ``topology.json`` (nodes, experts, edges, prompts,
+search provenance), ``experts/<name>/`` for updated experts, ``spec_snippet.yaml`` (a ``kind: dag`` ensemble plus
+any updated experts), ``summary.json`` (dev and test utility of the DAG and of every single expert), ``log.jsonl``,
+``convergence.png`` and ``state/`` (``--resume``, any phase).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gateway.engines.base import Adapter
+from gateway.executors.base import ExpertHandle
+from gateway.executors.dag import PROMPT_PRESETS, DagExecutor, PromptTemplates, Topology, TopologyNode
+from offline_search.checkpoints import LoraAdapter, read_adapter, write_adapter
+from offline_search.config import GraphSearchConfig, Prepared
+from offline_search.datasets import Example
+from offline_search.decode import DecodedGraph, g_decode, random_adjacency
+from offline_search.evaluate import (
+    EnginePool,
+    adapter_of,
+    build_utility,
+    expert_handle,
+    relative_gain,
+    sampling,
+    write_spec_snippet,
+)
+from offline_search.generation import BatchGenerator, OutputCache
+from offline_search.model_swarms import check_output_dir
+from offline_search.pso import Params, ParticleSwarm
+from offline_search.tracking import RunLog, drive, plot_convergence
+from offline_search.utilities import UtilityResult
+
+log = logging.getLogger(__name__)
+
+
+def templates_of(cfg: GraphSearchConfig) -> PromptTemplates:
+    if isinstance(cfg.prompts, str):
+        return PROMPT_PRESETS[cfg.prompts]
+    return PromptTemplates(**cfg.prompts.model_dump())
+
+
+def to_topology(
+    graph: DecodedGraph,
+    slot_names: list[str],
+    experts: list[str],
+    templates: PromptTemplates,
+    *,
+    search: dict[str, Any] | None = None,
+) -> Topology:
+    """A decoded graph as an executable topology: node ``k`` is ``slot_names[k]`` run by ``experts[k]``."""
+    nodes = []
+    for k in graph.order():
+        has_preds = any(j == k for _, j in graph.edges)
+        prompt = templates.for_node(has_predecessors=has_preds, is_final=k == graph.end)
+        nodes.append(TopologyNode(id=slot_names[k], expert=experts[k], prompt=prompt))
+    edges = tuple((slot_names[i], slot_names[j]) for i, j in graph.edges)
+    return Topology(tuple(nodes), edges, slot_names[graph.end], templates.response, search or {})
+
+
+def single_topology(expert: str, templates: PromptTemplates) -> Topology:
+    """One expert answering alone (the baseline a DAG must beat), prompted as a source node."""
+    return Topology((TopologyNode(id=expert, expert=expert, prompt=templates.source),), (), expert, templates.response)
+
+
+@dataclass
+class Member:
+    """One expert of the graph (a node's default model)."""
+
+    name: str
+    handle: ExpertHandle
+    adapter_dir: str | None
+    origin: str
+    """The configured expert it descends from."""
+    updated_in_round: int | None = None
+
+
+@dataclass
+class GraphResult:
+    output_dir: Path
+    topology_path: Path
+    spec_snippet: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+class HeteroSwarms:
+    def __init__(self, prepared: Prepared, *, progress: bool = True):
+        if not isinstance(prepared.config, GraphSearchConfig):
+            raise TypeError("HeteroSwarms needs a GraphSearchConfig")
+        self.p = prepared
+        self.cfg: GraphSearchConfig = prepared.config
+        self.out = prepared.output_dir
+        self.progress = progress
+        self.templates = templates_of(self.cfg)
+        self.pool = EnginePool()
+        self.utility = build_utility(self.cfg.utility, prepared.root)
+        self.generator = BatchGenerator(OutputCache(self.out / "cache.jsonl") if self.cfg.cache else None)
+        self.params = sampling(self.cfg.generation)
+        self.members: list[Member] = []
+        self.progress_state: dict[str, Any] = {}
+        self.phase_best: dict[str, Any] | None = None
+        self.evaluations = 0
+        self._scores: dict[str, UtilityResult] = {}
+
+    # ----------------------------------------------------------------------------------------------- scoring graphs
+    async def score_topology(
+        self, topo: Topology, handles: dict[str, ExpertHandle], examples: list[Example], split: str
+    ) -> UtilityResult:
+        """Utility of a topology on a split (memoised by what execution depends on: graph, prompts, weights)."""
+        weights = [(e, _weights_id(handles[e])) for e in topo.experts()]
+        key = json.dumps([topo.signature(), weights, split])
+        if key not in self._scores:
+            run = await DagExecutor("search", topo, handles).run_batch(
+                [e.question for e in examples], self.params, generate=self.generator.generate
+            )
+            self._scores[key] = await self.utility.score(examples, run.outputs)
+        return self._scores[key]
+
+    def _handles(self) -> dict[str, ExpertHandle]:
+        return {m.name: m.handle for m in self.members}
+
+    # ----------------------------------------------------------------------------------------------- role-step
+    async def _role_step(self, round_: int, run_log: RunLog, resume: bool) -> dict[str, Any]:
+        cfg = self.cfg
+        phase = f"role-{round_}"
+        state_dir = self.out / "state" / phase
+        n = len(self.members)
+        names = [m.name for m in self.members]
+        dev = self.p.splits.dev
+        if resume and ParticleSwarm.saved_iteration(state_dir) is not None:
+            swarm, extra = ParticleSwarm.load(state_dir)
+            self.phase_best = extra.get("best")
+            self.evaluations = int(extra.get("evaluations", self.evaluations))
+        else:
+            rng = np.random.default_rng([cfg.seed, round_, 2])
+            init = [torch.tensor(random_adjacency(n, rng), dtype=torch.float32) for _ in range(cfg.swarm_size)]
+            prev = self.progress_state.get("best")
+            if prev is not None and len(prev["adjacency"]) == n:
+                init[0] = torch.tensor(prev["adjacency"], dtype=torch.float32)
+            swarm = ParticleSwarm(cfg.pso.build(cfg.seed + 1000 * round_), init)
+            self.phase_best = None
+
+        async def evaluate(positions: list[Params], iteration: int) -> tuple[list[float | None], dict[str, Any]]:
+            t0 = time.perf_counter()
+            graphs = []
+            for i, x in enumerate(positions):
+                rng = np.random.default_rng([cfg.seed, round_, 3, iteration, i])
+                graphs.append(g_decode(x, top_p=cfg.decode_top_p, rng=rng, edge_threshold=cfg.edge_threshold))
+            topos = [to_topology(g, names, names, self.templates) for g in graphs]
+            unique = {t.signature(): t for t in topos}
+            handles = self._handles()
+            results = dict(
+                zip(
+                    unique,
+                    await asyncio.gather(*(self.score_topology(t, handles, dev, "dev") for t in unique.values())),
+                    strict=True,
+                )
+            )
+            us: list[float | None] = [results[t.signature()].value for t in topos]
+            self.evaluations += len(positions)
+            for i, (t, u) in enumerate(zip(topos, us, strict=True)):
+                if self.phase_best is None or u > self.phase_best["dev"]:
+                    x = positions[i]
+                    assert isinstance(x, torch.Tensor)
+                    self.phase_best = {
+                        "dev": u,
+                        "topology": t.to_json(),
+                        "adjacency": x.tolist(),
+                        "iteration": iteration,
+                        "particle": i,
+                        "decode": "top_p",
+                    }
+            facts = {
+                "graphs": [_describe(t) for t in topos],
+                "unique_graphs": len(unique),
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
+            return us, facts
+
+        if not swarm.done:
+            await drive(
+                swarm,
+                evaluate,
+                state_dir=state_dir,
+                run_log=run_log,
+                phase=phase,
+                extra_state=lambda: {"best": self.phase_best, "evaluations": self.evaluations},
+                progress=self.progress,
+                desc=f"role-step {round_}",
+            )
+        # The deterministic decode of the global best particle competes with the best graph actually scored.
+        assert isinstance(swarm.global_best_x, torch.Tensor) and self.phase_best is not None
+        g = g_decode(swarm.global_best_x, top_p=0.0, edge_threshold=cfg.edge_threshold)
+        t = to_topology(g, names, names, self.templates)
+        r = await self.score_topology(t, self._handles(), dev, "dev")
+        best = dict(self.phase_best)
+        if r.value > best["dev"]:
+            best = {
+                "dev": r.value,
+                "topology": t.to_json(),
+                "adjacency": swarm.global_best_x.tolist(),
+                "iteration": None,
+                "particle": swarm.global_best_index,
+                "decode": "deterministic",
+            }
+        best["round"] = round_
+        run_log.write("role_step_done", phase=phase, best=best, stop_reason=swarm.stop_reason)
+        return best
+
+    # ----------------------------------------------------------------------------------------------- weight-step
+    async def _weight_step(self, round_: int, best: dict[str, Any], run_log: RunLog, resume: bool) -> dict[str, Any]:
+        """PSO over the weights of the experts in the best graph, scored by JFK (see the module docstring)."""
+        cfg, ws = self.cfg, self.cfg.weight_step
+        phase = f"weight-{round_}"
+        state_dir = self.out / "state" / phase
+        dev = self.p.splits.dev
+        graph = Topology.from_json(best["topology"])
+        index = {m.name: i for i, m in enumerate(self.members)}
+        used = [index[e] for e in graph.experts()]  # the models of the system; nodes are its slots
+        if len(used) < 2:
+            run_log.write("weight_step_skipped", phase=phase, reason="the best graph has a single model")
+            return best
+        models = [self.members[i] for i in used]
+        adapters: list[LoraAdapter] = [read_adapter(m.adapter_dir) for m in models if m.adapter_dir]
+        base = self.p.experts[0]
+        engine = await self.pool.get(base.engine, base.model, base.engine_args)
+        n_models = len(models)
+
+        if resume and ParticleSwarm.saved_iteration(state_dir) is not None:
+            swarm, extra = ParticleSwarm.load(state_dir)
+            self.evaluations = int(extra.get("evaluations", self.evaluations))
+        else:
+            init = [{k: t.to(torch.float32) for k, t in a.tensors.items()} for a in adapters]
+            pso = ws.pso.model_copy(update={"max_iterations": ws.iterations})
+            swarm = ParticleSwarm(pso.build(cfg.seed + 1000 * round_ + 500), init)
+
+        def handle_of(k: int, x: Params) -> ExpertHandle:
+            assert isinstance(x, dict)
+            d, digest = write_adapter(self.out / "particles", x, adapters[0], base.model)
+            name = f"{models[k].name}@{digest[:16]}"
+            return ExpertHandle(name, engine, Adapter(name=name, path=str(d)), models[k].handle.cost)
+
+        async def evaluate(positions: list[Params], iteration: int) -> tuple[list[float | None], dict[str, Any]]:
+            t0 = time.perf_counter()
+            handles = [handle_of(k, x) for k, x in enumerate(positions)]
+            rng = np.random.default_rng([cfg.seed, round_, 4, iteration])
+            assignments = [[int(rng.integers(n_models)) for _ in graph.nodes] for _ in range(ws.assignments)]
+            topos = [
+                Topology(
+                    tuple(TopologyNode(n.id, handles[a[k]].name, n.prompt) for k, n in enumerate(graph.nodes)),
+                    graph.edges,
+                    graph.final,
+                    graph.response_template,
+                )
+                for a in assignments
+            ]
+            by_name = {h.name: h for h in handles}
+            results = await asyncio.gather(*(self.score_topology(t, by_name, dev, "dev") for t in topos))
+            us = [r.value for r in results]
+            self.evaluations += len(assignments)
+            facts = {
+                "assignments": [[models[k].name for k in a] for a in assignments],
+                "assignment_utilities": us,
+                "models": [h.name for h in handles],
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
+            return jfk_scores(assignments, us, n_models), facts
+
+        if not swarm.done:
+            await drive(
+                swarm,
+                evaluate,
+                state_dir=state_dir,
+                run_log=run_log,
+                phase=phase,
+                extra_state=lambda: {"evaluations": self.evaluations},
+                progress=self.progress,
+                desc=f"weight-step {round_}",
+            )
+
+        # Candidates: each model's personal best, in its own role. Kept only if the best graph gains on dev.
+        candidates = [handle_of(k, p.best_x) for k, p in enumerate(swarm.particles)]
+        cand_topo = _with_experts(graph, {m.name: c.name for m, c in zip(models, candidates, strict=True)})
+        r = await self.score_topology(cand_topo, {c.name: c for c in candidates}, dev, "dev")
+        accepted = r.value > best["dev"]
+        run_log.write(
+            "weight_step_done", phase=phase, dev_before=best["dev"], dev_with_updated=r.value, accepted=accepted
+        )
+        if not accepted:
+            return best
+        renamed: dict[str, str] = {}
+        for i, cand in zip(used, candidates, strict=True):
+            member = self.members[i]
+            assert cand.adapter is not None
+            new_name = f"{member.origin}-hs{round_ + 1}"
+            target = self.out / "experts" / new_name
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.copytree(cand.adapter.path, target)
+            handle = ExpertHandle(new_name, engine, adapter_of(new_name, target), member.handle.cost)
+            self.members[i] = Member(new_name, handle, str(target), member.origin, round_)
+            renamed[member.name] = new_name
+        return {**best, "dev": r.value, "topology": _with_experts(graph, renamed).to_json(), "weight_round": round_}
+
+    # ----------------------------------------------------------------------------------------------- run
+    def _save_progress(self) -> None:
+        self.progress_state["members"] = [
+            {"name": m.name, "adapter": m.adapter_dir, "origin": m.origin, "updated_in_round": m.updated_in_round}
+            for m in self.members
+        ]
+        self.progress_state["evaluations"] = self.evaluations
+        p = self.out / "state" / "progress.json"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.progress_state, indent=1))
+        os.replace(tmp, p)
+
+    async def _restore_members(self, saved: list[dict[str, Any]]) -> None:
+        base = self.p.experts[0]
+        for i, s in enumerate(saved):
+            if s["updated_in_round"] is None:
+                continue
+            engine = await self.pool.get(base.engine, base.model, base.engine_args)
+            ad = adapter_of(s["name"], s["adapter"])
+            handle = ExpertHandle(name=s["name"], engine=engine, adapter=ad, cost=self.members[i].handle.cost)
+            self.members[i] = Member(s["name"], handle, s["adapter"], s["origin"], s["updated_in_round"])
+
+    async def run(self, *, resume: bool = False) -> GraphResult:
+        cfg, out = self.cfg, self.out
+        check_output_dir(out, resume=resume, config_path=self.p.config_path, marker="state/progress.json")
+        out.mkdir(parents=True, exist_ok=True)
+        run_log = RunLog(out / "log.jsonl")
+        t_start = time.perf_counter()
+        progress_path = out / "state" / "progress.json"
+        try:
+            for e in self.p.experts:
+                h = await expert_handle(self.pool, e)
+                self.members.append(Member(e.name, h, e.adapter, e.name))
+            if resume and progress_path.is_file():
+                self.progress_state = json.loads(progress_path.read_text())
+                await self._restore_members(self.progress_state.get("members", []))
+                self.evaluations = int(self.progress_state.get("evaluations", 0))
+                run_log.write("resume", done=self.progress_state.get("done", []))
+            else:
+                resume = False
+                shutil.rmtree(out / "state", ignore_errors=True)
+                if (out / "log.jsonl").exists():
+                    (out / "log.jsonl").unlink()
+                self.progress_state = {"done": []}
+                run_log.write(
+                    "start",
+                    experts=[m.name for m in self.members],
+                    config=cfg.model_dump(),
+                    dev_examples=len(self.p.splits.dev),
+                    test_examples=len(self.p.splits.test),
+                )
+                self._save_progress()
+            done: list[str] = self.progress_state.setdefault("done", [])
+            for r in range(cfg.rounds):
+                if f"role-{r}" not in done:
+                    self.progress_state["best"] = _better(
+                        self.progress_state.get("best"), await self._role_step(r, run_log, resume)
+                    )
+                    done.append(f"role-{r}")
+                    self._save_progress()
+                if cfg.weight_step.iterations > 0 and f"weight-{r}" not in done:
+                    self.progress_state["best"] = await self._weight_step(
+                        r, self.progress_state["best"], run_log, resume
+                    )
+                    done.append(f"weight-{r}")
+                    self._save_progress()
+            return await self._finish(run_log, time.perf_counter() - t_start)
+        finally:
+            await self.pool.close()
+            await self.utility.close()
+
+    async def _finish(self, run_log: RunLog, seconds: float) -> GraphResult:
+        cfg, out = self.cfg, self.out
+        best = self.progress_state["best"]
+        topo = Topology.from_json(best["topology"])
+        handles = self._handles()
+        dev, test = self.p.splits.dev, self.p.splits.test
+        dag_test = await self.score_topology(topo, handles, test, "test")
+        singles: dict[str, dict[str, Any]] = {}
+        originals = {e.name: await expert_handle(self.pool, e) for e in self.p.experts}
+        for name, h in originals.items():
+            one = {name: h}
+            d = await self.score_topology(single_topology(name, self.templates), one, dev, "dev")
+            t = await self.score_topology(single_topology(name, self.templates), one, test, "test")
+            singles[name] = {"dev": d.value, "test": t.value, "test_per_task": t.per_task}
+        best_single = max(singles, key=lambda n: singles[n]["dev"])
+        strongest_test = max(s["test"] for s in singles.values())
+        search_meta = {
+            "utility": self.utility.name,
+            "dev": best["dev"],
+            "test": dag_test.value,
+            "adjacency": best["adjacency"],
+            "experts": [m.name for m in self.members],
+            "decode": best.get("decode"),
+            "round": best.get("round"),
+            "seed": cfg.seed,
+        }
+        topo = Topology(topo.nodes, topo.edges, topo.final, topo.response_template, search_meta)
+        topo_path = topo.save(out / "topology.json")
+        summary: dict[str, Any] = {
+            "name": cfg.name,
+            "utility": self.utility.name,
+            "dag": {
+                "topology": str(topo_path.resolve()),
+                "nodes": [{"id": n.id, "expert": n.expert} for n in topo.nodes],
+                "edges": [list(e) for e in topo.edges],
+                "final": topo.final,
+                "dev": best["dev"],
+                "test": dag_test.value,
+                "test_per_task": dag_test.per_task,
+            },
+            "experts": singles,
+            "best_single_expert": best_single,
+            "test_gain_vs_best_single": dag_test.value - singles[best_single]["test"],
+            "test_relative_gain_vs_best_single": relative_gain(dag_test.value, singles[best_single]["test"]),
+            "test_gain_vs_strongest_single": dag_test.value - strongest_test,
+            "test_relative_gain_vs_strongest_single": relative_gain(dag_test.value, strongest_test),
+            "updated_experts": [m.name for m in self.members if m.updated_in_round is not None],
+            "utility_evaluations": self.evaluations,
+            "generation": self.generator.stats.snapshot(),
+            "wall_seconds_this_session": round(seconds, 2),
+            "dev_examples": len(dev),
+            "test_examples": len(test),
+        }
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        run_log.write("done", summary=summary)
+        plot_convergence(
+            run_log.read(),
+            out / "convergence.png",
+            title=f"Heterogeneous Swarms: {cfg.name} ({self.utility.name}, dev)",
+            baselines={f"best single ({best_single})": singles[best_single]["dev"]},
+        )
+        base = self.p.experts[0]
+        new_experts: dict[str, dict[str, Any]] = {}
+        used = set(topo.experts())
+        for m in self.members:
+            if m.updated_in_round is not None and m.name in used:
+                entry: dict[str, Any] = {
+                    "engine": cfg.engine or "auto",
+                    "model": str(Path(base.model).resolve()),
+                    "adapter": str(Path(m.adapter_dir or "").resolve()),
+                }
+                if base.engine_args:
+                    entry["engine_args"] = base.engine_args
+                entry["cost"] = m.handle.cost
+                entry["description"] = f"{m.origin} after the Heterogeneous Swarms weight-step"
+                new_experts[m.name] = entry
+        snippet = write_spec_snippet(
+            out / "spec_snippet.yaml",
+            experts=new_experts or None,
+            ensembles={
+                cfg.name: {
+                    "kind": "dag",
+                    "topology": str(topo_path.resolve()),
+                    "description": f"Heterogeneous Swarms DAG over {[m.name for m in self.members]} ({self.utility.name})",
+                }
+            },
+        )
+        shutil.rmtree(out / "particles", ignore_errors=True)
+        return GraphResult(out, topo_path, snippet, summary)
+
+
+def _with_experts(topo: Topology, experts: dict[str, str]) -> Topology:
+    """The same graph with node experts renamed (``experts``: old name -> new name)."""
+    nodes = tuple(TopologyNode(n.id, experts.get(n.expert, n.expert), n.prompt) for n in topo.nodes)
+    return Topology(nodes, topo.edges, topo.final, topo.response_template)
+
+
+def jfk_scores(assignments: list[list[int]], utilities: list[float], n_models: int) -> list[float | None]:
+    """A model's JFK-score: mean utility over the slots it filled across assignments (None if it filled none)."""
+    total = np.zeros(n_models)
+    count = np.zeros(n_models)
+    for assign, u in zip(assignments, utilities, strict=True):
+        for m in assign:
+            total[m] += u
+            count[m] += 1
+    return [float(total[m] / count[m]) if count[m] > 0 else None for m in range(n_models)]
+
+
+def _weights_id(handle: ExpertHandle) -> str:
+    """What a handle's outputs depend on: its adapter (named by content) or, without one, its engine's model."""
+    if handle.adapter is not None:
+        return handle.adapter.name
+    return f"{handle.engine.kind}:{getattr(handle.engine, 'model_path', None) or getattr(handle.engine, 'model', '')}"
+
+
+def _describe(t: Topology) -> str:
+    return "; ".join(f"{a}->{b}" for a, b in t.edges) or f"{t.final} alone"
+
+
+def _better(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    return new if old is None or new["dev"] >= old["dev"] else old
+
+
+async def run_graph_search(prepared: Prepared, *, resume: bool = False, progress: bool = True) -> GraphResult:
+    return await HeteroSwarms(prepared, progress=progress).run(resume=resume)
+
+
+__all__ = ["GraphResult", "HeteroSwarms", "jfk_scores", "run_graph_search", "to_topology"]

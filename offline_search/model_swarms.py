@@ -1,0 +1,342 @@
+"""Model Swarms (Feng et al. 2024): PSO in weight space to adapt a set of experts to a utility.
+
+Particles are the experts' LoRA weights (PEFT adapters on one base) or full checkpoints of one architecture. The
+initial swarm is the experts plus children ``w A + (1 - w) B`` (w ~ U(0, 2) by default: interpolation and
+extrapolation). Each iteration writes every particle as a real adapter (or checkpoint) directory named by content,
+scores it on the dev split through the engine layer (all particles in one multi-adapter batch; greedy outputs cached,
+so an unchanged particle is never generated twice), and moves the swarm (``offline_search.pso``).
+
+Outputs, under ``output_dir``:
+- ``best/``: the global best, as a PEFT adapter (``adapter_config.json`` + ``adapter_model.safetensors``, loadable
+  by PEFT, transformers and vLLM) or a full checkpoint; ``best_merged/`` optionally (LoRA merged into the base);
+- ``spec_snippet.yaml``: an ``kind: expert`` ensemble serving it; ``summary.json``: dev and test utilities of the
+  best particle and of every initial expert; ``log.jsonl``; ``convergence.png``; ``state/`` (``--resume``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gateway.engines.base import Adapter
+from gateway.executors.base import ExpertHandle
+from offline_search.checkpoints import LoraAdapter, read_adapter, read_full, write_adapter, write_full
+from offline_search.config import ConfigError, Prepared, ResolvedExpert, SwarmSearchConfig
+from offline_search.evaluate import (
+    EnginePool,
+    adapter_of,
+    build_utility,
+    expert_handle,
+    relative_gain,
+    score_expert,
+    write_spec_snippet,
+)
+from offline_search.generation import BatchGenerator, OutputCache
+from offline_search.pso import Params, ParticleSwarm, interpolate_children
+from offline_search.tracking import RunLog, drive, plot_convergence
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SwarmResult:
+    output_dir: Path
+    best_dir: Path
+    spec_snippet: Path
+    summary: dict[str, Any]
+
+
+def check_output_dir(out: Path, *, resume: bool, config_path: Path, marker: str = "state/latest.json") -> None:
+    """Refuse to overwrite a previous search unless resuming it."""
+    if not resume and (out / marker).exists():
+        raise ConfigError(
+            config_path,
+            "output_dir",
+            f"{out} holds a previous search; pass --resume to continue it or --force to start over",
+        )
+
+
+class ModelSwarms:
+    def __init__(self, prepared: Prepared, *, progress: bool = True):
+        if not isinstance(prepared.config, SwarmSearchConfig):
+            raise TypeError("ModelSwarms needs a SwarmSearchConfig")
+        self.p = prepared
+        self.cfg: SwarmSearchConfig = prepared.config
+        self.out = prepared.output_dir
+        self.progress = progress
+        self.pool = EnginePool()
+        self.utility = build_utility(self.cfg.utility, prepared.root)
+        self.generator = BatchGenerator(OutputCache(self.out / "cache.jsonl") if self.cfg.cache else None)
+        self.template: LoraAdapter | None = None
+        self.dtype = torch.float32
+        self.static: dict[str, torch.Tensor] = {}
+        self.evaluations = 0
+
+    # ----------------------------------------------------------------------------------------------- particles
+    def _expert_params(self) -> list[Params]:
+        if self.cfg.particles == "lora":
+            adapters = [read_adapter(e.adapter) for e in self.p.experts if e.adapter]
+            self.template = adapters[0]
+            self.dtype = adapters[0].dtype
+            return [{k: t.to(torch.float32) for k, t in a.tensors.items()} for a in adapters]
+        fulls = [read_full(e.model) for e in self.p.experts]
+        self.dtype = next(t.dtype for t in fulls[0].values() if t.is_floating_point())
+        self.static = {k: t for k, t in fulls[0].items() if not t.is_floating_point()}  # int buffers: not searched
+        return [{k: t.to(torch.float32) for k, t in f.items() if t.is_floating_point()} for f in fulls]
+
+    def _write(self, x: Params) -> tuple[Path, str]:
+        assert isinstance(x, dict)
+        root = self.out / "particles"
+        if self.cfg.particles == "lora":
+            assert self.template is not None
+            return write_adapter(root, x, self.template, self.p.experts[0].model)
+        return write_full(root, x, self.p.experts[0].model, self.dtype, static=self.static)
+
+    async def _handle(self, x: Params) -> tuple[ExpertHandle, Path]:
+        d, digest = self._write(x)
+        base = self.p.experts[0]
+        name = f"{self.cfg.name}@{digest[:16]}"
+        if self.cfg.particles == "lora":
+            engine = await self.pool.get(base.engine, base.model, self._engine_args())
+            return ExpertHandle(name=name, engine=engine, adapter=Adapter(name=name, path=str(d))), d
+        engine = await self.pool.get(base.engine, str(d), self._engine_args())
+        return ExpertHandle(name=name, engine=engine), d
+
+    async def _release(self, handle: ExpertHandle, d: Path) -> None:
+        if self.cfg.particles == "full":
+            await self.pool.release(self.p.experts[0].engine, str(d), self._engine_args())
+
+    def _engine_args(self) -> dict[str, Any]:
+        """The experts' engine arguments; on vLLM, enough LoRA slots for a whole swarm in one batch."""
+        args = dict(self.p.experts[0].engine_args)
+        if self.p.experts[0].engine == "vllm" and self.cfg.particles == "lora":
+            args.setdefault("max_loras", min(self.cfg.swarm_size, 16))
+        return args
+
+    async def _expert_handle(self, e: ResolvedExpert) -> ExpertHandle:
+        """An original expert, on the swarm's engine (one engine per base for the whole search)."""
+        if self.cfg.particles == "full":
+            return await expert_handle(self.pool, e)
+        engine = await self.pool.get(e.engine, e.model, self._engine_args())
+        assert e.adapter is not None
+        return ExpertHandle(name=e.name, engine=engine, adapter=adapter_of(e.name, e.adapter), cost=e.cost)
+
+    def _gc(self, keep: set[Path]) -> None:
+        if self.cfg.keep_particles:
+            return
+        root = self.out / "particles"
+        for d in root.iterdir() if root.is_dir() else ():
+            if d.is_dir() and d not in keep:
+                shutil.rmtree(d, ignore_errors=True)
+
+    # ----------------------------------------------------------------------------------------------- evaluation
+    async def _score_positions(
+        self, positions: list[Params], examples: list[Any]
+    ) -> tuple[list[Any], list[str], list[Path]]:
+        gen = self.cfg.generation
+        if self.cfg.particles == "lora":  # one engine: every particle in one multi-adapter batch
+            made = [await self._handle(x) for x in positions]
+            scored = await asyncio.gather(
+                *(score_expert(self.generator, h, examples, gen, self.utility) for h, _ in made)
+            )
+            results = [r for r, _ in scored]
+        else:  # one engine per checkpoint: one at a time, to bound memory
+            made, results = [], []
+            for x in positions:
+                h, d = await self._handle(x)
+                r, _ = await score_expert(self.generator, h, examples, gen, self.utility)
+                await self._release(h, d)
+                made.append((h, d))
+                results.append(r)
+        return results, [h.name for h, _ in made], [d for _, d in made]
+
+    async def _evaluate(self, positions: list[Params], iteration: int) -> tuple[list[float | None], dict[str, Any]]:
+        t0 = time.perf_counter()
+        before = self.generator.stats.snapshot()
+        results, names, dirs = await self._score_positions(positions, self.p.splits.dev)
+        self.evaluations += len(positions)
+        self._gc(set(dirs))
+        after = self.generator.stats.snapshot()
+        facts = {
+            "particles": names,
+            "per_task": [r.per_task for r in results],
+            "generated": after["generated"] - before["generated"],
+            "cache_hits": after["cache_hits"] - before["cache_hits"],
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        return [r.value for r in results], facts
+
+    # ----------------------------------------------------------------------------------------------- run
+    async def run(self, *, resume: bool = False) -> SwarmResult:
+        cfg, out = self.cfg, self.out
+        check_output_dir(out, resume=resume, config_path=self.p.config_path)
+        out.mkdir(parents=True, exist_ok=True)
+        state_dir = out / "state"
+        run_log = RunLog(out / "log.jsonl")
+        t_start = time.perf_counter()
+        try:
+            expert_params = self._expert_params()
+            saved = ParticleSwarm.saved_iteration(state_dir) if resume else None
+            if saved is not None:
+                swarm, extra = ParticleSwarm.load(state_dir)
+                self.evaluations = int(extra.get("evaluations", 0))
+                run_log.write("resume", iteration=swarm.iteration)
+                log.info("resuming Model Swarms at iteration %d", swarm.iteration)
+            else:
+                if out.joinpath("log.jsonl").exists():
+                    out.joinpath("log.jsonl").unlink()
+                rng = np.random.default_rng([cfg.seed, 1])
+                low, high = cfg.child_weight_range
+                children, origin = interpolate_children(
+                    expert_params, cfg.swarm_size - len(expert_params), rng, low=low, high=high
+                )
+                swarm = ParticleSwarm(cfg.pso.build(cfg.seed), [*expert_params, *children])
+                run_log.write(
+                    "start",
+                    phase="swarm",
+                    experts=[e.name for e in self.p.experts],
+                    children=[
+                        {**o, "a": self.p.experts[o["a"]].name, "b": self.p.experts[o["b"]].name} for o in origin
+                    ],
+                    config=cfg.model_dump(),
+                    dev_examples=len(self.p.splits.dev),
+                    test_examples=len(self.p.splits.test),
+                )
+            if not swarm.done:
+                if cfg.particles == "lora":  # start the shared engine up front, so iteration times are search only
+                    t0 = time.perf_counter()
+                    base = self.p.experts[0]
+                    await self.pool.get(base.engine, base.model, self._engine_args())
+                    run_log.write(
+                        "engine_started", phase="swarm", engine=base.engine, seconds=round(time.perf_counter() - t0, 3)
+                    )
+                await drive(
+                    swarm,
+                    self._evaluate,
+                    state_dir=state_dir,
+                    run_log=run_log,
+                    phase="swarm",
+                    extra_state=lambda: {"evaluations": self.evaluations},
+                    progress=self.progress,
+                    desc=f"Model Swarms ({cfg.name})",
+                )
+            return await self._finish(swarm, expert_params, run_log, time.perf_counter() - t_start)
+        finally:
+            await self.pool.close()
+            await self.utility.close()
+
+    async def _finish(
+        self, swarm: ParticleSwarm, expert_params: list[Params], run_log: RunLog, seconds: float
+    ) -> SwarmResult:
+        cfg, out = self.cfg, self.out
+        assert swarm.global_best_x is not None and swarm.global_best_u is not None
+        best_src, digest = self._write(swarm.global_best_x)
+        best_dir = out / "best"
+        if best_dir.exists():
+            shutil.rmtree(best_dir)
+        shutil.copytree(best_src, best_dir)
+
+        # Report on test only: the best particle and every initial expert (their own, original checkpoints).
+        test = self.p.splits.test
+        best_handle, d = await self._handle(swarm.global_best_x)
+        best_test, _ = await score_expert(self.generator, best_handle, test, cfg.generation, self.utility)
+        await self._release(best_handle, d)
+        experts_dev: dict[str, float] = {}
+        experts_test: dict[str, Any] = {}
+        dev_by_particle = swarm.particles
+        for i, e in enumerate(self.p.experts):
+            h = await self._expert_handle(e)
+            r, _ = await score_expert(self.generator, h, test, cfg.generation, self.utility)
+            experts_test[e.name] = {"utility": r.value, "per_task": r.per_task}
+            first = dev_by_particle[i].history[0] if dev_by_particle[i].history else None
+            experts_dev[e.name] = float(first) if first is not None else float("nan")
+        best_initial = max(experts_dev, key=lambda n: experts_dev[n])
+        strongest_test = max(v["utility"] for v in experts_test.values())
+        best_iter = next(
+            (r.iteration for r in swarm.records if r.best is not None and r.best >= swarm.global_best_u), None
+        )
+        summary: dict[str, Any] = {
+            "name": cfg.name,
+            "utility": self.utility.name,
+            "best": {
+                "dir": str(best_dir.resolve()),
+                "digest": digest,
+                "dev": swarm.global_best_u,
+                "test": best_test.value,
+                "test_per_task": best_test.per_task,
+                "found_at_iteration": best_iter,
+                "particle": swarm.global_best_index,
+            },
+            "experts": {
+                n: {
+                    "dev": experts_dev[n],
+                    "test": experts_test[n]["utility"],
+                    "test_per_task": experts_test[n]["per_task"],
+                }
+                for n in experts_test
+            },
+            "best_initial_expert": best_initial,
+            "test_gain_vs_best_initial": best_test.value - experts_test[best_initial]["utility"],
+            "test_relative_gain_vs_best_initial": relative_gain(best_test.value, experts_test[best_initial]["utility"]),
+            "test_gain_vs_strongest_expert": best_test.value - strongest_test,
+            "test_relative_gain_vs_strongest_expert": relative_gain(best_test.value, strongest_test),
+            "iterations": swarm.iteration,
+            "stop_reason": swarm.stop_reason,
+            "utility_evaluations": self.evaluations,
+            "generation": self.generator.stats.snapshot(),
+            "wall_seconds_this_session": round(seconds, 2),
+            "dev_examples": len(self.p.splits.dev),
+            "test_examples": len(test),
+        }
+        if cfg.particles == "lora" and cfg.export_merged:
+            summary["best"]["merged_dir"] = str(await asyncio.to_thread(self._merge, best_dir))
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        run_log.write("done", summary=summary)
+
+        plot_convergence(
+            run_log.read(),
+            out / "convergence.png",
+            title=f"Model Swarms: {cfg.name} ({self.utility.name}, dev)",
+            baselines={f"expert {n}": v for n, v in experts_dev.items()},
+        )
+        base = self.p.experts[0]
+        entry: dict[str, Any] = {"kind": "expert", "engine": cfg.engine or "auto"}
+        if cfg.particles == "lora":
+            entry.update(model=str(Path(base.model).resolve()), adapter=str(best_dir.resolve()))
+        else:
+            entry.update(model=str(best_dir.resolve()))
+        if base.engine_args:
+            entry["engine_args"] = base.engine_args
+        entry["description"] = f"Model Swarms over {[e.name for e in self.p.experts]} ({self.utility.name})"
+        snippet = write_spec_snippet(out / "spec_snippet.yaml", ensembles={cfg.name: entry})
+        if not cfg.keep_particles:
+            shutil.rmtree(out / "particles", ignore_errors=True)
+        return SwarmResult(out, best_dir, snippet, summary)
+
+    def _merge(self, best_dir: Path) -> Path:
+        """The best adapter merged into the base: a plain full checkpoint."""
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        base = self.p.experts[0].model
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=self.dtype)
+        merged = PeftModel.from_pretrained(model, str(best_dir)).merge_and_unload()
+        target = self.out / "best_merged"
+        if target.exists():
+            shutil.rmtree(target)
+        merged.save_pretrained(target, safe_serialization=True)
+        AutoTokenizer.from_pretrained(base).save_pretrained(target)
+        return target.resolve()
+
+
+async def run_swarm_search(prepared: Prepared, *, resume: bool = False, progress: bool = True) -> SwarmResult:
+    return await ModelSwarms(prepared, progress=progress).run(resume=resume)

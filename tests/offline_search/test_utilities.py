@@ -1,0 +1,125 @@
+"""Utilities: exact match, multiple choice, multitask harmonic mean, a real reward model, an LLM judge over HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+
+import pytest
+
+from offline_search.datasets import Example
+from offline_search.utilities import ExactMatch, LLMJudge, MultipleChoice, Multitask, RewardModel, harmonic_mean
+
+ADD = [Example("add 1 2", "3", "add"), Example("add 2 2", "4", "add")]
+REV = [Example("rev ab", "ba", "rev"), Example("rev abc", "cba", "rev")]
+
+
+async def test_exact_match_normalises_whitespace_and_case():
+    em = ExactMatch()
+    assert (await em.score(ADD, [" 3 ", "5"])).value == 0.5
+    assert (await ExactMatch(case_sensitive=False).score([Example("q", "Paris")], ["paris"])).value == 1.0
+    assert (await em.score([Example("q", "a b")], ["a   b\n"])).value == 1.0
+
+
+async def test_multitask_is_the_harmonic_mean_over_tasks():
+    mt = Multitask(ExactMatch())
+    r = await mt.score(ADD + REV, ["3", "4", "ba", "x"])  # add 1.0, rev 0.5
+    assert r.per_task == {"add": 1.0, "rev": 0.5}
+    assert r.value == pytest.approx(2 / (1 / 1.0 + 1 / 0.5))
+    assert (await mt.score(ADD + REV, ["3", "4", "x", "x"])).value == 0.0  # useless at one task: 0
+    # a task the config names but the batch lacks counts as 0
+    assert (await Multitask(ExactMatch(), ["add", "sort"]).score(ADD, ["3", "4"])).value == 0.0
+    assert harmonic_mean([]) == 0.0
+
+
+async def test_multiple_choice_reads_the_committed_letter():
+    exs = [
+        Example("q1", "B", choices=("x", "y", "z")),
+        Example("q2", "z", choices=("x", "y", "z")),
+        Example("q3", "(A)", choices=("x", "y")),
+    ]
+    r = await MultipleChoice().score(exs, ["The answer is (B).", "C", "I think B"])
+    assert r.per_example == [1.0, 1.0, 0.0]
+    assert MultipleChoice.predicted_letter("A little thought: answer: D", 4) == "D"
+    assert MultipleChoice.predicted_letter("no letter here", 4) is None
+    with pytest.raises(ValueError, match="neither a letter"):
+        MultipleChoice.gold_letter(Example("q", "w", choices=("x",)))
+
+
+@pytest.fixture(scope="module")
+def reward_model_dir(tmp_path_factory):
+    """A real (randomly initialised) sequence-classification checkpoint on a real tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from tests.gateway._fixtures_tiny import _char_tokenizer
+
+    d = tmp_path_factory.mktemp("rm")
+    tok = _char_tokenizer()
+    tok.save_pretrained(d)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        num_key_value_heads=1,
+        num_labels=1,
+        pad_token_id=tok.pad_token_id,
+    )
+    LlamaForSequenceClassification(cfg).save_pretrained(d)
+    return d
+
+
+async def test_reward_model_scores_pairs(reward_model_dir):
+    rm = RewardModel(str(reward_model_dir), batch_size=2)
+    exs = [Example("add 1 2", "3"), Example("rev ab", "ba"), Example("add 2 2", "4")]
+    r1 = await rm.score(exs, ["3", "ba", "4"])
+    r2 = await rm.score(exs, ["3", "ba", "4"])
+    r3 = await rm.score(exs, ["nonsense", "zz", "?"])
+    assert r1.per_example == pytest.approx(r2.per_example)  # deterministic
+    assert r1.per_example != pytest.approx(r3.per_example)  # depends on the output
+    assert r1.value == pytest.approx(sum(r1.per_example) / 3)
+    await rm.close()
+
+
+@contextlib.contextmanager
+def judge_server():
+    """A tiny OpenAI-compatible server whose 'judge' gives 9 when the response contains the reference, else 2."""
+    from fastapi import FastAPI
+
+    from tests.helpers import serving
+
+    app = FastAPI()
+    seen: list[dict] = []
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: dict):
+        seen.append(body)
+        user = body["messages"][-1]["content"]
+        ref = re.search(r"Reference answer:\n(.*)\n", user).group(1)
+        resp = user.split("Response:\n", 1)[1].split("\n\nScore", 1)[0]
+        score = "9" if ref in resp else "2"
+        return {
+            "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": score}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }  # fmt: skip
+
+    with serving(app, timeout_s=60) as url:
+        yield url, seen
+
+
+async def test_llm_judge_over_an_openai_compatible_endpoint():
+    with judge_server() as (url, seen):
+        judge = LLMJudge(url, "judge-model", min_score=1, max_score=10)
+        r = await judge.score(ADD, ["the sum is 3", "5"])
+        assert r.per_example == pytest.approx([8 / 9, 1 / 9])
+        n = len(seen)
+        await judge.score(ADD, ["the sum is 3", "5"])  # cached
+        assert len(seen) == n and seen[0]["temperature"] == 0.0 and seen[0]["model"] == "judge-model"
+        await judge.close()
+    dead = LLMJudge("http://127.0.0.1:9/v1", "m", timeout_s=2)
+    assert (await dead.score(ADD[:1], ["3"])).value == 0.0 and dead.failures == 1
+    await dead.close()
