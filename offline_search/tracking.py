@@ -133,8 +133,8 @@ def plot_convergence(
         for r in rows:
             us = [u for u in r["utilities"] if u is not None]
             ax.scatter([r["iteration"]] * len(us), us, s=8, alpha=0.35, color="gray")
-        for name, value in (baselines or {}).items() if not phase.startswith("weight") else ():
-            ax.axhline(value, linestyle=":", linewidth=1, label=name)
+        for k, (name, value) in enumerate((baselines or {}).items() if not phase.startswith("weight") else ()):
+            ax.axhline(value, linestyle=":", linewidth=1.2, color=f"C{(k + 2) % 10}", label=name)
         ax.set_xlabel("iteration")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("JFK-score (dev)" if phase.startswith("weight") else "dev utility")

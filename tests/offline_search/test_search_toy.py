@@ -112,7 +112,10 @@ async def test_graph_search_writes_an_executable_topology(graph_run, toy_world):
     assert topo.search["dev"] == s["dag"]["dev"] and topo.search["utility"] == "exact_match"
     assert len(topo.search["adjacency"]) == 3
     assert all(n.prompt == "{question}{responses}" for n in topo.nodes)
-    assert s["dag"]["dev"] >= max(e["dev"] for e in s["experts"].values()) or len(topo.nodes) > 1
+    done = next(e for e in events(out) if e["event"] == "role_step_done")
+    weight = next(e for e in events(out) if e["event"] == "weight_step_done")
+    assert done["best"]["dev"] == weight["dev_before"]  # the weight-step starts from the role-step's best graph
+    assert s["dag"]["dev"] == (weight["dev_with_updated"] if weight["accepted"] else done["best"]["dev"])
     phases = {e.get("phase") for e in events(out) if e["event"] == "iteration"}
     assert phases == {"role-0", "weight-0"}
     assert (out / "convergence.png").is_file()
