@@ -63,7 +63,7 @@ async def one_run(
 
     shutil.rmtree(out, ignore_errors=True)
     if warmup:
-        cfg, path = _configure(search, engine, cache, args, 2, 1, 4)
+        cfg, path = _configure(search, engine, cache, args, 4, 1, 4)
     else:
         cfg, path = _configure(search, engine, cache, args, args.particles, args.iterations, args.dev_limit)
     prepared = prepare(cfg, path, output_dir=str(out))

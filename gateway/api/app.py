@@ -21,12 +21,13 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    if settings.spec is None:
+    spec_path = settings.spec
+    if spec_path is None:
         raise ValueError("Settings.spec is required (the CLI fills in the toy world's spec by default)")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        holder = RuntimeHolder(settings.spec, force_engine=settings.engine)
+        holder = RuntimeHolder(spec_path, force_engine=settings.engine)
         metrics = Metrics()
         app.state.settings = settings
         app.state.holder = holder

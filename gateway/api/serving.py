@@ -325,10 +325,11 @@ class OpenAIServing:
                         yield self._sse(job, self._chunk_choice(job, index, role=True))
                     now_t = time.perf_counter()
                     if event.text or event.logprobs:
-                        if last_emit[index] is None:
+                        previous = last_emit[index]
+                        if previous is None:
                             self.metrics.ttft.labels(job.model).observe(now_t - t0)
                         else:
-                            self.metrics.itl.labels(job.model).observe(now_t - last_emit[index])
+                            self.metrics.itl.labels(job.model).observe(now_t - previous)
                         last_emit[index] = now_t
                         yield self._sse(job, self._chunk_choice(job, index, text=event.text, logprobs=event.logprobs))
                     if event.finish_reason is not None:

@@ -33,7 +33,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from gateway.engines.base import (
@@ -298,7 +298,7 @@ class OpenAIEngine(Engine):
         *,
         adapter: Adapter | None = None,
         request_id: str | None = None,
-    ) -> AsyncIterator[Chunk]:
+    ) -> AsyncGenerator[Chunk, None]:
         import httpx
 
         if self._max_model_len is None and self._client is not None and self._discovery is None:

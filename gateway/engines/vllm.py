@@ -22,7 +22,7 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
@@ -312,7 +312,7 @@ class VLLMEngine(Engine):
         *,
         adapter: Adapter | None = None,
         request_id: str | None = None,
-    ) -> AsyncIterator[Chunk]:
+    ) -> AsyncGenerator[Chunk, None]:
         llm = self._engine()
         text, ids = self._prompt_token_ids(prompt)
         if len(ids) + params.max_tokens > self.max_model_len:

@@ -52,7 +52,9 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
         toy = request.getfixturevalue("toy_world") if choice == "toy" else ToyWorld.load(choice)
         texts = ("Q: add 12 34\nA: ", "Q: add 23 45\nA: ", "Q: rev abcdef\nA: ", "Q: sort dbca\nA: ")
-        return World(str(toy.base_dir), str(toy.expert_dirs["adder"]), texts, [{"role": "user", "content": "add 23 45"}])
+        return World(
+            str(toy.base_dir), str(toy.expert_dirs["adder"]), texts, [{"role": "user", "content": "add 23 45"}]
+        )
     tiny = build_tiny_llama(tmp_path_factory.mktemp("tiny-vllm"))
     return World(tiny.base, tiny.lora, ("ab c\nZ!", "Hello", "xyz 12"), [{"role": "user", "content": "hi"}])
 
