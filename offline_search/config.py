@@ -180,6 +180,8 @@ class WeightStepConfig(_Strict):
     """Random model-to-node assignments scored per iteration (the JFK-score samples)."""
     pso: PSOSettings = Field(default_factory=lambda: PSOSettings(step_length=0.2))
     """PSO over the weights of the experts in the best graph (particles = those experts)."""
+    accept: Literal["improved", "always"] = "improved"
+    """Keep the updated experts only if the best graph scores higher on dev with them, or always (as the paper)."""
 
 
 class GraphSearchConfig(_SearchBase):

@@ -11,7 +11,8 @@ the experts in the best graph. A model's utility is its *JFK-score*: random assi
 graph's nodes (each node draws a model, with replacement) are scored, and a model's score is the mean utility over
 the slots it filled (a model no assignment sampled has no score this iteration, and the swarm leaves its personal
 best alone). The updated experts (each model's personal best, back in its own role) are kept only if the best graph
-scores higher on dev with them than without.
+scores higher on dev with them than without (``weight_step.accept: always`` keeps them regardless, as the paper
+does).
 
 Rounds alternate the two steps. Outputs, under ``output_dir``: ``topology.json`` (nodes, experts, edges, prompts,
 search provenance), ``experts/<name>/`` for updated experts, ``spec_snippet.yaml`` (a ``kind: dag`` ensemble plus
@@ -307,7 +308,7 @@ class HeteroSwarms:
         candidates = [handle_of(k, p.best_x) for k, p in enumerate(swarm.particles)]
         cand_topo = _with_experts(graph, {m.name: c.name for m, c in zip(models, candidates, strict=True)})
         r = await self.score_topology(cand_topo, {c.name: c for c in candidates}, dev, "dev")
-        accepted = r.value > best["dev"]
+        accepted = ws.accept == "always" or r.value > best["dev"]
         run_log.write(
             "weight_step_done", phase=phase, dev_before=best["dev"], dev_with_updated=r.value, accepted=accepted
         )

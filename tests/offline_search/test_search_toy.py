@@ -53,7 +53,7 @@ def graph_config(tw, out: Path, **over) -> Path:
         "prompts": "toy",
         "swarm_size": 3,
         "pso": {"max_iterations": 2},
-        "weight_step": {"iterations": 1, "assignments": 2},
+        "weight_step": {"iterations": 1, "assignments": 2, "accept": "always"},  # serve updated experts too
         "data": {"paths": [str(tw.data_dir / "addrev")], "dev_limit": 8, "test_limit": 8},
         "utility": {"kind": "exact_match"},
         "generation": {"max_tokens": 8},
@@ -108,7 +108,14 @@ async def test_swarm_search_writes_a_loadable_best_adapter_and_its_reports(swarm
 async def test_graph_search_writes_an_executable_topology(graph_run, toy_world):
     out, s = graph_run.output_dir, graph_run.summary
     topo = Topology.load(graph_run.topology_path)
-    assert {n.expert for n in topo.nodes} <= {"toy-adder", "toy-reverser", "toy-sorter"} | set(s["updated_experts"])
+    # the weight-step (accept: always) replaced every expert of the graph with its updated weights
+    assert (
+        {n.expert for n in topo.nodes}
+        == set(s["updated_experts"])
+        == {"toy-adder-hs1", "toy-reverser-hs1", "toy-sorter-hs1"}
+    )
+    for name in s["updated_experts"]:
+        check_adapter_fits_base(read_adapter(out / "experts" / name), toy_world.base_dir)
     assert topo.search["dev"] == s["dag"]["dev"] and topo.search["utility"] == "exact_match"
     assert len(topo.search["adjacency"]) == 3
     assert all(n.prompt == "{question}{responses}" for n in topo.nodes)
@@ -120,6 +127,8 @@ async def test_graph_search_writes_an_executable_topology(graph_run, toy_world):
     assert phases == {"role-0", "weight-0"}
     assert (out / "convergence.png").is_file()
     snippet = yaml.safe_load(graph_run.spec_snippet.read_text())
+    assert set(snippet["experts"]) == set(s["updated_experts"])
+    assert snippet["experts"]["toy-adder-hs1"]["adapter"] == str((out / "experts" / "toy-adder-hs1").resolve())
     assert snippet["ensembles"]["test-dag"] == {
         "kind": "dag",
         "topology": str(graph_run.topology_path.resolve()),
