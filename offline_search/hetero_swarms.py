@@ -132,15 +132,19 @@ class HeteroSwarms:
     async def score_topology(
         self, topo: Topology, handles: dict[str, ExpertHandle], examples: list[Example], split: str
     ) -> UtilityResult:
-        """Utility of a topology on a split (memoised by what execution depends on: graph, prompts, weights)."""
+        """Utility of a topology on a split, memoised (with the cache on) by what execution depends on: the graph, its
+        prompts and its experts' weights. With ``cache: false`` every call runs the graph."""
         weights = [(e, _weights_id(handles[e])) for e in topo.experts()]
         key = json.dumps([topo.signature(), weights, split])
-        if key not in self._scores:
-            run = await DagExecutor("search", topo, handles).run_batch(
-                [e.question for e in examples], self.params, generate=self.generator.generate
-            )
-            self._scores[key] = await self.utility.score(examples, run.outputs)
-        return self._scores[key]
+        if key in self._scores:
+            return self._scores[key]
+        run = await DagExecutor("search", topo, handles).run_batch(
+            [e.question for e in examples], self.params, generate=self.generator.generate
+        )
+        result = await self.utility.score(examples, run.outputs)
+        if self.cfg.cache:
+            self._scores[key] = result
+        return result
 
     def _handles(self) -> dict[str, ExpertHandle]:
         return {m.name: m.handle for m in self.members}
@@ -173,7 +177,7 @@ class HeteroSwarms:
                 rng = np.random.default_rng([cfg.seed, round_, 3, iteration, i])
                 graphs.append(g_decode(x, top_p=cfg.decode_top_p, rng=rng, edge_threshold=cfg.edge_threshold))
             topos = [to_topology(g, names, names, self.templates) for g in graphs]
-            unique = {t.signature(): t for t in topos}
+            unique = {t.signature(): t for t in topos} if cfg.cache else {str(i): t for i, t in enumerate(topos)}
             handles = self._handles()
             results = dict(
                 zip(
@@ -182,7 +186,8 @@ class HeteroSwarms:
                     strict=True,
                 )
             )
-            us: list[float | None] = [results[t.signature()].value for t in topos]
+            keys = [t.signature() for t in topos] if cfg.cache else [str(i) for i in range(len(topos))]
+            us: list[float | None] = [results[k].value for k in keys]
             self.evaluations += len(positions)
             for i, (t, u) in enumerate(zip(topos, us, strict=True)):
                 if self.phase_best is None or u > self.phase_best["dev"]:

@@ -322,6 +322,12 @@ def _system_messages(prompt: Prompt) -> list[dict[str, Any]]:
 
 
 class DagExecutor(Executor):
+    """Serves a topology (``stream``) and scores it over many questions (``run_batch``, used by the graph search).
+
+    Every node gets one user message (its rendered template) after the client's system messages, if any; nodes get
+    the request's sampling settings (intermediate nodes without logprobs).
+    """
+
     kind = "dag"
 
     def __init__(self, name: str, topology: Topology, experts: dict[str, ExpertHandle]):
