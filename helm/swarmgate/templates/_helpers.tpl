@@ -16,9 +16,16 @@
 {{- end }}
 {{- end }}
 
+{{/* <fullname>-<suffix> within 52 characters (CronJob names: 52; Job pods add 11). */}}
+{{- define "swarmgate.child" -}}
+{{- $room := sub 51 (len .suffix) | int }}
+{{- printf "%s-%s" (include "swarmgate.fullname" .root | trunc $room | trimSuffix "-") .suffix }}
+{{- end }}
+
 {{/* An engine's Deployment/Service name: <fullname>-engine-<name>, within 63 characters. */}}
 {{- define "swarmgate.engineName" -}}
-{{- printf "%s-engine-%s" (include "swarmgate.fullname" .root | trunc 40 | trimSuffix "-") .engine.name | trunc 63 | trimSuffix "-" }}
+{{- $room := sub 55 (len .engine.name) | int }}
+{{- printf "%s-engine-%s" (include "swarmgate.fullname" .root | trunc $room | trimSuffix "-") .engine.name }}
 {{- end }}
 
 {{- define "swarmgate.labels" -}}
@@ -63,7 +70,7 @@ swarmgate.io/engine-client: "true"
 {{- end }}
 
 {{- define "swarmgate.secretName" -}}
-{{- default (printf "%s-auth" (include "swarmgate.fullname" .)) .Values.auth.existingSecret }}
+{{- default (include "swarmgate.child" (dict "root" . "suffix" "auth")) .Values.auth.existingSecret }}
 {{- end }}
 
 {{- define "swarmgate.hasAuthSecret" -}}
@@ -75,11 +82,11 @@ swarmgate.io/engine-client: "true"
 {{- define "swarmgate.routerConfigPath" -}}/etc/swarmgate/router/router.yaml{{- end }}
 
 {{- define "swarmgate.modelClaim" -}}
-{{- default (printf "%s-models" (include "swarmgate.fullname" .)) .Values.modelCache.existingClaim }}
+{{- default (include "swarmgate.child" (dict "root" . "suffix" "models")) .Values.modelCache.existingClaim }}
 {{- end }}
 
 {{- define "swarmgate.artifactsClaim" -}}
-{{- default (printf "%s-artifacts" (include "swarmgate.fullname" .)) .Values.artifacts.existingClaim }}
+{{- default (include "swarmgate.child" (dict "root" . "suffix" "artifacts")) .Values.artifacts.existingClaim }}
 {{- end }}
 
 {{/* Checks values can't express in the schema; each failure says what to change. */}}
