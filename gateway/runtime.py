@@ -129,6 +129,13 @@ class Runtime:
             from gateway.executors.chain import ChainExecutor
 
             return ChainExecutor.from_spec(name, ens, self.experts)
+        if getattr(ens, "kind", None) == "blend":
+            from gateway.executors.blend import BlendExecutor
+
+            try:
+                return BlendExecutor.from_spec(name, ens, self.experts)
+            except ValueError as exc:  # a member whose engine can't score (e.g. an openai engine forced by name)
+                raise SpecError(self.spec_path, f"ensembles.{name}.experts", str(exc)) from None
         raise SpecError(self.spec_path, f"ensembles.{name}", f"unsupported kind {getattr(ens, 'kind', '?')!r}")
 
     def kind_of(self, model: str) -> str:

@@ -106,8 +106,49 @@ class ChainEnsemble(_Strict):
     description: str = ""
 
 
+class BlendGate(_Strict):
+    """Blend only where the lead is unsure; elsewhere the lead decodes alone."""
+
+    metric: Literal["entropy", "margin"] = "entropy"
+    """``entropy`` of the lead's next-token distribution (nats), or its top-1 minus top-2 probability ``margin``."""
+    threshold: float = Field(default=0.5, ge=0.0)
+    """Blend where entropy > threshold (or margin < threshold)."""
+
+
+class BlendEnsemble(_Strict):
+    """Token-level blending: the members' next-token distributions mixed at every step (see gateway/executors/blend)."""
+
+    kind: Literal["blend"]
+    experts: list[str] = Field(min_length=1)
+    """Member expert names (local engines: transformers or vllm)."""
+    weights: list[float] | None = None
+    """One weight per member, >= 0, normalised to sum 1 (None: uniform)."""
+    rule: Literal["linear", "loglinear"] = "linear"
+    """``linear``: Σ wᵢpᵢ; ``loglinear``: product of experts, softmax(Σ wᵢ log pᵢ)."""
+    lead: str | None = None
+    """The member that drafts and gates (None: the first)."""
+    gate: BlendGate | None = None
+    """Blend only uncertain positions (None: all)."""
+    speculate: int = Field(default=4, ge=0, le=32)
+    """Tokens the lead drafts per round, verified exactly against the blend (0: step by step)."""
+    top_k: int | None = Field(default=None, ge=1)
+    """Tokens per position each member reports (vLLM; None: the whole vocabulary). Blends over their union."""
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _check_blend(self) -> BlendEnsemble:
+        if self.weights is not None:
+            if len(self.weights) != len(self.experts):
+                raise ValueError(f"weights: {len(self.weights)} weights for {len(self.experts)} experts")
+            if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
+                raise ValueError("weights: must be >= 0 with at least one > 0")
+        if self.lead is not None and self.lead not in self.experts:
+            raise ValueError(f"lead: {self.lead!r} is not one of the experts {self.experts}")
+        return self
+
+
 EnsembleSpec = Annotated[
-    ExpertEnsemble | DagEnsemble | ChainEnsemble,
+    ExpertEnsemble | DagEnsemble | ChainEnsemble | BlendEnsemble,
     Field(discriminator="kind"),
 ]
 
@@ -145,7 +186,7 @@ def _loc(loc: tuple[Any, ...]) -> str:
     parts: list[str] = []
     for item in loc:
         # pydantic puts the discriminator value ("chain", ...) or function names in the location; skip those.
-        if item in {"expert", "dag", "chain"} and parts[:1] == ["ensembles"] and len(parts) == 2:
+        if item in {"expert", "dag", "chain", "blend"} and parts[:1] == ["ensembles"] and len(parts) == 2:
             continue
         parts.append(str(item))
     return ".".join(parts)
@@ -195,6 +236,16 @@ def parse_spec(data: Any, *, path: str | os.PathLike[str] | None = None, check_p
                 raise SpecError(path, f"{key}.policy", f"not found: {pol}")
             _known(ens.experts, experts, path, f"{key}.experts")
             ens = ens.model_copy(update={"policy": pol})
+        elif isinstance(ens, BlendEnsemble):
+            _known(ens.experts, experts, path, f"{key}.experts")
+            for i, n in enumerate(ens.experts):
+                if experts[n].engine == "openai":
+                    raise SpecError(
+                        path,
+                        f"{key}.experts[{i}]",
+                        f"expert {n!r} runs on engine 'openai', which can't score tokens for blending "
+                        "(use a local engine: auto, transformers or vllm)",
+                    )
         ensembles[name] = ens
     return Spec.model_construct(experts=experts, ensembles=ensembles)
 

@@ -206,3 +206,51 @@ class Engine(abc.ABC):
     async def next_token_logprobs(self, prompt: str | list[int], *, adapter: Adapter | None = None) -> Any:
         """Full next-token log-distribution (a 1-D float tensor over the vocabulary), for token-level blending."""
         raise NotImplementedError(f"{self.kind} engine does not expose full next-token distributions")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Token-level blending: incremental scoring sessions (the blend executor's view of an engine).
+# ---------------------------------------------------------------------------------------------------------------------
+class ScoringSession(abc.ABC):
+    """Rows (one per adapter, ``None`` = the base model) that advance together over one token sequence and keep their
+    state between calls: the transformers engine keeps each row's KV cache; vLLM re-submits the sequence and relies on
+    prefix caching. Returned log-distributions hold ``nan`` where the engine did not report a token (vLLM's top-k)."""
+
+    length: int = 0
+    """Tokens fed so far (prompt included)."""
+
+    @abc.abstractmethod
+    async def feed(self, token_ids: Sequence[int], *, last: int = 1) -> Any:
+        """Append ``token_ids`` to every row; return the log-distributions of the next token after each of the last
+        ``last`` fed tokens: a float tensor ``[rows, last, vocab]``."""
+
+    @abc.abstractmethod
+    async def rollback(self, length: int) -> None:
+        """Forget every token after the first ``length`` (rejected drafts, a re-encoded suffix)."""
+
+    async def close(self) -> None:
+        """Release the session's state (idempotent)."""
+        return None
+
+
+def can_score(engine: Engine) -> bool:
+    """Whether ``engine`` serves token-level blending. Such an engine has ``open_scoring(adapters, *, top_k=None) ->
+    ScoringSession``, ``blend_tokenizer()`` (the HF tokenizer its ids come from), ``blend_eos_ids()`` and
+    ``encode_for_blend(prompt) -> list[int]`` (the ids a generation of ``prompt`` starts from, as ``stream`` does)."""
+    return callable(getattr(engine, "open_scoring", None))
+
+
+def merge_tool_calls(calls: list[dict[str, Any]], deltas: list[dict[str, Any]]) -> None:
+    """Fold streamed tool-call deltas (OpenAI's shape, keyed by ``index``) into whole calls, in place."""
+    for d in deltas:
+        index = int(d.get("index", len(calls)))
+        while len(calls) <= index:
+            calls.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+        call = calls[index]
+        if d.get("id"):
+            call["id"] = d["id"]
+        fn = d.get("function") or {}
+        if fn.get("name"):
+            call["function"]["name"] += fn["name"]
+        if fn.get("arguments"):
+            call["function"]["arguments"] += fn["arguments"]

@@ -438,6 +438,25 @@ class TransformersEngine(Engine):
             else self.tokenizer.decode([token])
         )
 
+    # ---------------------------------------------------------------- token-level blending (scoring sessions)
+    async def open_scoring(self, adapters: Any, *, top_k: int | None = None) -> _ScoringSession:
+        """A session whose rows (one per adapter) keep one KV cache across calls: each ``feed`` runs one forward pass
+        over only the new tokens (full distributions; ``top_k`` is ignored: this engine always has them all)."""
+        if self._thread is None:
+            raise EngineError("transformers engine not started")
+        for a in adapters:
+            if a is not None:
+                await self._ensure_adapter(a)
+        return _ScoringSession(self, list(adapters))
+
+    def blend_tokenizer(self) -> Any:
+        return self.tokenizer
+
+    def blend_eos_ids(self) -> set[int]:
+        return set(self._eos_ids)
+
+    def encode_for_blend(self, prompt: Prompt) -> list[int]:
+        return self.tokenize(prompt)
 
 def _generator(seed: int | None) -> Any:
     import torch
@@ -457,3 +476,58 @@ def _find_stop(text: str, stops: tuple[str, ...], sent: int) -> int | None:
         if i != -1 and (best is None or i < best):
             best = i
     return best
+
+
+class _ScoringSession:
+    """Rows advancing over one token sequence with one batched ``DynamicCache`` (see ``ScoringSession``)."""
+
+    def __init__(self, engine: TransformersEngine, adapters: list[Adapter | None]):
+        self.engine = engine
+        self.adapters = adapters
+        self.rows = len(adapters)
+        self.length = 0
+        self._cache: Any = None
+
+    async def feed(self, token_ids: Any, *, last: int = 1) -> Any:
+        import torch
+
+        ids = list(token_ids)
+        if not ids:
+            raise ValueError("feed needs at least one token")
+        last = max(1, min(last, len(ids)))
+        eng = self.engine
+
+        def run() -> Any:
+            from transformers import DynamicCache
+
+            if self._cache is None:
+                self._cache = DynamicCache()
+            with torch.inference_mode():
+                x = torch.tensor([ids] * self.rows, dtype=torch.long, device=eng.device)
+                pos = torch.arange(self.length, self.length + len(ids), device=eng.device).unsqueeze(0)
+                out = eng.model(
+                    input_ids=x,
+                    position_ids=pos.expand(self.rows, -1),
+                    past_key_values=self._cache,
+                    use_cache=True,
+                    **eng._adapter_kwargs(self.adapters),
+                )
+                self._cache = out.past_key_values
+                self.length += len(ids)
+                return torch.log_softmax(out.logits[:, -last:, :].float(), dim=-1).cpu()
+
+        return await eng._call(run)
+
+    async def rollback(self, length: int) -> None:
+        if length >= self.length:
+            return
+
+        def run() -> None:
+            if self._cache is not None:
+                self._cache.crop(length)
+            self.length = length
+
+        await self.engine._call(run)
+
+    async def close(self) -> None:
+        self._cache = None
