@@ -32,6 +32,18 @@ CREATE TABLE IF NOT EXISTS answers (
 """
 
 
+class Truncated(str):
+    """An answer the engine cut at ``max_tokens`` (``finish_reason: length``): it scores 0 wherever it is scored,
+    even when its text happens to equal the reference (a cut answer is not an answer)."""
+
+    truncated = True
+
+
+def is_truncated(text: str) -> bool:
+    """Whether ``text`` is a ``Truncated`` answer."""
+    return bool(getattr(text, "truncated", False))
+
+
 class CacheMismatch(RuntimeError):
     """The cache was filled by a differently configured expert."""
 
@@ -141,9 +153,15 @@ class TrajectoryCache:
             if row[1] in wanted:
                 yield Answer(*row)
 
-    def table(self, questions: Iterable[str] | None = None) -> dict[Key, str]:
-        """Every answer (for ``questions``) as an in-memory lookup table."""
-        return {(a.expert, a.question, a.previous): a.answer for a in self.iter_answers(questions)}
+    def table(self, questions: Iterable[str] | None = None, *, sources: Iterable[str] | None = None) -> dict[Key, str]:
+        """Every answer (for ``questions``; from ``sources`` only, e.g. ``("collect",)`` to leave out the gateway's
+        logged answers) as an in-memory lookup table; answers cut at ``max_tokens`` come back as ``Truncated``."""
+        wanted = set(sources) if sources is not None else None
+        return {
+            (a.expert, a.question, a.previous): Truncated(a.answer) if a.finish_reason == "length" else a.answer
+            for a in self.iter_answers(questions)
+            if wanted is None or a.source in wanted
+        }
 
     def __len__(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM answers").fetchone()[0])

@@ -118,14 +118,23 @@ def eval_(
     cost_weights: Annotated[
         str | None, typer.Option(help="Comma-separated lambdas (default: the trained ones).")
     ] = None,
-    split: Annotated[str | None, typer.Option(help="Split (default: data.eval_split).")] = None,
+    split: Annotated[
+        str | None, typer.Option(help="Split (default: data.eval_split, dev; the test split needs --final).")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Report folder (default: eval_dir).")] = None,
     collect: Annotated[
         bool, typer.Option(help="First collect, through the engines, just the answers the table needs.")
     ] = False,
     oracle_depth: Annotated[
-        int | None, typer.Option(help="Longest route the oracle searches (default: the policy's step limit).")
+        int | None,
+        typer.Option(help="Longest route the oracle searches (default and minimum: the policy's step limit)."),
     ] = None,
+    final: Annotated[
+        bool,
+        typer.Option(
+            "--final", help="Report the held-out test split (once, after selecting on dev); refused otherwise."
+        ),
+    ] = False,
     limit: Annotated[int | None, typer.Option(help="Examples per task (default: data.eval_limit_per_task).")] = None,
 ) -> None:
     """Quality-versus-cost table and frontier plot of the router and the baselines."""
@@ -143,6 +152,7 @@ def eval_(
             out_dir=str(out) if out else None,
             oracle_depth=oracle_depth,
             collect_missing=collect,
+            final=final,
         )
     except (PolicyError, CacheMismatch, ValueError, FileNotFoundError) as exc:
         _fail(exc)
@@ -161,12 +171,29 @@ def retrain(
     include_train: Annotated[bool, typer.Option(help="Also train on the configured training split.")] = True,
     timesteps: Annotated[int | None, typer.Option(help="PPO environment steps.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed.")] = None,
+    judge: Annotated[
+        str | None,
+        typer.Option(help="Reference-free scorer: none, reward_model or llm_judge (default: retrain.judge)."),
+    ] = None,
+    judge_model: Annotated[
+        str | None, typer.Option(help="reward_model: checkpoint (@toy-big); llm_judge: model name.")
+    ] = None,
+    judge_url: Annotated[str | None, typer.Option(help="llm_judge: OpenAI-compatible base URL.")] = None,
+    force_publish: Annotated[
+        bool, typer.Option("--force-publish", help="Publish even when the candidate does not beat the serving policy.")
+    ] = False,
 ) -> None:
-    """Turn gateway logs into trajectories and a new policy version (hot-reloaded by a serving gateway)."""
+    """Learn from gateway traffic (logs, feedback, a judge); publish a new policy version only when it beats the
+    serving one on the dev split (a serving gateway hot-reloads it)."""
     from router.cache import CacheMismatch
     from router.workflow import retrain_from_logs
 
     cfg = _config(config, seed=seed, total_timesteps=timesteps)
+    rt = {
+        k: v for k, v in {"judge": judge, "judge_model": judge_model, "judge_url": judge_url}.items() if v is not None
+    }
+    if rt:
+        cfg = dataclasses.replace(cfg, retrain=dataclasses.replace(cfg.retrain, **rt))
     try:
         retrain_from_logs(
             cfg,
@@ -174,6 +201,7 @@ def retrain(
             references=str(references) if references else None,
             collect_missing=collect_missing,
             include_train=include_train,
+            force_publish=force_publish,
         )
     except (CacheMismatch, ValueError, FileNotFoundError) as exc:
         _fail(exc)

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from gateway.engines.base import SamplingParams
 from gateway.executors.base import ExpertHandle
-from router.cache import Answer, Key, TrajectoryCache
+from router.cache import Answer, Key, TrajectoryCache, Truncated
 from router.prompts import step_prompt
 
 
@@ -71,7 +71,8 @@ async def _generate(
                 ]
                 cache.put_many(rows)
                 for row in rows:
-                    table[(row.expert, row.question, row.previous)] = row.answer
+                    text = Truncated(row.answer) if row.finish_reason == "length" else row.answer
+                    table[(row.expert, row.question, row.previous)] = text
                 done += len(part)
                 bar.update(len(part))
 

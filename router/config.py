@@ -3,7 +3,7 @@
 ```yaml
 spec: artifacts/toy/spec.yaml          # experts (and their costs) come from the serving spec
 experts: [toy-base, toy-adder, toy-reverser, toy-sorter, toy-counter, toy-big]
-data: {dir: artifacts/toy/data, train_split: train, eval_split: test, limit_per_task: 200}
+data: {dir: artifacts/toy/data, train_split: train, eval_split: dev, test_split: test, limit_per_task: 200}
 cache: artifacts/router/trajectories.sqlite
 env: {max_steps: 5, cost_weights: [0.05, 0.1, 0.2, 0.4], reward: {beta: 5.0}}
 encoder: {kind: hashed, dim: 256}
@@ -158,8 +158,10 @@ class DataConfig:
     """Tasks to use (empty: every task folder)."""
     train_split: str = "train"
     """Split PPO trains on."""
-    eval_split: str = "test"
-    """Split ``eval`` reports on (reports compare on test only)."""
+    eval_split: str = "dev"
+    """Split ``eval`` reports on by default and where lambda, checkpoints and hyper-parameters are chosen (dev)."""
+    test_split: str = "test"
+    """Held-out split: ``eval --final`` reports on it, once; never trained on, never selected on."""
     limit_per_task: int | None = 200
     """At most this many training examples per task (None: all); collection grows with experts^max_steps per
     question, so this bounds the cost of ``collect``."""
@@ -194,6 +196,53 @@ class ScorerConfig:
 
 
 @dataclass(frozen=True)
+class KeywordRule:
+    """One rule of the keyword router: when every group matches a word of the question, take ``route``."""
+
+    when: tuple[str, ...] = ()
+    """Word groups, each ``"a|b|c"`` (alternatives, matched as whole lowercase words or word prefixes ending in
+    ``*``); all groups must match."""
+    route: tuple[str, ...] = ()
+    """Experts to call in order."""
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """The non-learned and supervised baselines ``eval`` reports next to the router."""
+
+    keyword_rules: tuple[KeywordRule, ...] = ()
+    """Keyword/rule router, first matching rule wins (empty: no keyword baseline)."""
+    keyword_default: tuple[str, ...] = ()
+    """Route when no rule matches (empty: the cheapest expert)."""
+    random_seeds: int = 5
+    """Random-routing baseline: routes drawn per question and seed."""
+    classifier_epochs: int = 300
+    """Supervised route classifier (same encoder as the router): full-batch softmax-regression epochs."""
+    classifier_l2: float = 1e-3
+    """Supervised route classifier: weight decay."""
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """``router retrain``: learning from real traffic (feedback and a reference-free scorer) and the publish gate."""
+
+    judge: Literal["none", "reward_model", "llm_judge"] = "none"
+    """Reference-free scorer for logged answers nobody gave feedback on: ``reward_model`` (``judge_model`` is a
+    causal LM scoring P(answer | question)), ``llm_judge`` (any served model over the openai engine), or none."""
+    judge_model: str | None = None
+    """reward_model: a local causal-LM checkpoint (``@toy-big``: the toy world's big model); llm_judge: the model
+    name at ``judge_url``."""
+    judge_url: str | None = None
+    """llm_judge: an OpenAI-compatible base URL (e.g. the gateway's own ``http://127.0.0.1:8000/v1``)."""
+    judge_threshold: float = 0.5
+    """A judged score at or above this counts as a correct answer (the routing MDP's reward is 0/1 at threshold)."""
+    min_gain: float = 0.0
+    """Publish only when the candidate's dev utility beats the serving policy's by more than this."""
+    gate_cost_weight: float | None = None
+    """lambda of the publish gate's utility ``quality - lambda * cost`` (None: the middle trained lambda)."""
+
+
+@dataclass(frozen=True)
 class RouterConfig:
     """Everything ``swarmgate router collect|train|eval|retrain`` needs."""
 
@@ -225,6 +274,10 @@ class RouterConfig:
     """Training run."""
     collect: CollectConfig = field(default_factory=CollectConfig)
     """Trajectory collection."""
+    baselines: BaselineConfig = field(default_factory=BaselineConfig)
+    """Baselines reported by ``eval``."""
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    """Retraining from traffic."""
 
 
 def _build(cls: type, data: Any, key: str, where: str) -> Any:
@@ -246,6 +299,12 @@ def _build(cls: type, data: Any, key: str, where: str) -> Any:
             kwargs[name] = _build(hint, value, sub, where)  # type: ignore[arg-type]
             continue
         origin = typing.get_origin(hint)
+        args = typing.get_args(hint)
+        if origin is tuple and args and dataclasses.is_dataclass(args[0]):
+            if not isinstance(value, list | tuple):
+                raise ConfigError(f"{where}: {sub}: expected a list, got {type(value).__name__}")
+            kwargs[name] = tuple(_build(args[0], v, f"{sub}[{i}]", where) for i, v in enumerate(value))
+            continue
         if origin is tuple or (
             origin in (typing.Union, types.UnionType) and value is not None and isinstance(value, list)
         ):

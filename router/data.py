@@ -63,8 +63,10 @@ def load_examples(
     return out
 
 
-def reference_index(root: str | Path, splits: Iterable[str] = ("train", "dev", "test")) -> dict[str, Example]:
-    """Every example under ``root`` by question (to score logged questions in the toy world)."""
+def reference_index(root: str | Path, splits: Iterable[str] = ("train",)) -> dict[str, Example]:
+    """The examples of ``splits`` under ``root`` by question (to score logged questions in the toy world).
+
+    Training only by default: a logged dev or test question must never become training data."""
     base = _data_root(Path(root))
     index: dict[str, Example] = {}
     for task in task_names(base):

@@ -19,6 +19,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from router.cache import is_truncated
 from router.config import EnvConfig
 from router.data import Example
 from router.encoders import Encoder
@@ -146,8 +147,9 @@ class ChainRoutingEnv(gym.Env[np.ndarray, np.int64]):
 
         expert = self.experts[a]
         previous_q = self._quality
-        self._answer = self.answer_fn(expert, self._example.question, self._answer).strip()
-        self._quality = self.quality(self._answer)
+        raw = self.answer_fn(expert, self._example.question, self._answer)
+        self._answer = raw.strip()
+        self._quality = 0.0 if is_truncated(raw) else self.quality(self._answer)  # a cut answer is wrong
         self._step += 1
         self._spent += self.costs[a]
         self._route.append(expert)

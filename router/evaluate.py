@@ -1,14 +1,18 @@
 """Quality versus cost of the router against baselines, over several cost weights, on cached answers.
 
 The router is run through the *exported* policy (``RouterPolicy.decide``, the code the gateway runs), not the SB3
-model, so the table measures what is served. Baselines: each single expert, random routing, the always-all-experts
-chain (every expert once, in order) and the oracle best route (per question, the best quality reachable within the
-step limit, at the lowest cost).
+model, so the table measures what is served. Baselines, reported every time: each single expert, random routing,
+the always-all-experts chain (every expert once, in order), the keyword/rule router and the supervised route
+classifier on the router's own encoder (``router.baselines``), and the oracle best route (per question, the best
+quality any route within the router's full step limit reaches, at the lowest cost): an upper bound.
+
+An answer the engine cut at ``max_tokens`` (``router.cache.Truncated``) scores 0 everywhere here.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import random
 from collections.abc import Callable, Sequence
@@ -16,7 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from router.cache import MissingAnswer
+from router.baselines import KeywordRouter, RouteClassifier
+from router.cache import MissingAnswer, is_truncated
 from router.data import Example
 from router.env import AnswerFn
 from router.policy import STOP, RouterPolicy
@@ -51,15 +56,23 @@ class Row:
         return out
 
 
+def quality_of(raw: str, example: Example, scorer: Scorer) -> float:
+    """The scorer's quality of an expert's raw answer: 0 when empty or cut at ``max_tokens``."""
+    answer = raw.strip()
+    if not answer or is_truncated(raw):
+        return 0.0
+    return float(scorer(answer, example.reference, example.question))
+
+
 def _walk(
     example: Example, route: Sequence[str], costs: dict[str, float], answer_fn: AnswerFn, scorer: Scorer
 ) -> Episode:
-    answer, cost = "", 0.0
+    raw, answer, cost = "", "", 0.0
     for e in route:
-        answer = answer_fn(e, example.question, answer).strip()
+        raw = answer_fn(e, example.question, answer)
+        answer = raw.strip()
         cost += costs[e]
-    q = float(scorer(answer, example.reference, example.question)) if answer else 0.0
-    return Episode(q, cost, list(route), example.task)
+    return Episode(quality_of(raw, example, scorer), cost, list(route), example.task)
 
 
 def run_policy(
@@ -74,16 +87,16 @@ def run_policy(
     limit = max_steps or policy.max_steps
     costs = dict(zip(policy.experts, policy.costs, strict=True))
     q_vec = policy.encoder.encode([example.question])[0]
-    answer, spent, route = "", 0.0, []
+    raw, answer, spent, route = "", "", 0.0, []
     for step in range(limit):
         d = policy.decide(q_vec, answer, step, spent, cost_weight)
         if d.name == STOP:
             break
-        answer = answer_fn(d.name, example.question, answer).strip()
+        raw = answer_fn(d.name, example.question, answer)
+        answer = raw.strip()
         spent += costs[d.name]
         route.append(d.name)
-    q = float(scorer(answer, example.reference, example.question)) if answer else 0.0
-    return Episode(q, spent, route, example.task)
+    return Episode(quality_of(raw, example, scorer), spent, route, example.task)
 
 
 def random_routes(
@@ -116,23 +129,27 @@ def run_oracle(
     max_steps: int,
 ) -> Episode:
     """The best quality any route of at most ``max_steps`` calls reaches, at the lowest cost (cached transitions)."""
-    best: dict[str, tuple[float, list[str]]] = {}
+    # state = the answer text (what the next expert sees); a cut answer is a state of its own, worth 0
+    best: dict[tuple[str, bool], tuple[float, list[str]]] = {}
     frontier: dict[str, tuple[float, list[str]]] = {"": (0.0, [])}
     for _ in range(max_steps):
         nxt: dict[str, tuple[float, list[str]]] = {}
         for answer, (cost, route) in frontier.items():
             for e in experts:
                 try:
-                    a2 = answer_fn(e, example.question, answer).strip()
+                    raw = answer_fn(e, example.question, answer)
                 except MissingAnswer:
                     continue
+                a2, cut = raw.strip(), is_truncated(raw)
                 c2 = cost + costs[e]
-                if a2 not in best or c2 < best[a2][0]:
-                    best[a2] = (c2, [*route, e])
-                    nxt[a2] = best[a2]
+                if (a2, cut) not in best or c2 < best[(a2, cut)][0]:
+                    best[(a2, cut)] = (c2, [*route, e])
+                    if a2 not in nxt or c2 < nxt[a2][0]:
+                        nxt[a2] = best[(a2, cut)]
         frontier = nxt
     scored = [
-        (float(scorer(a, example.reference, example.question)) if a else 0.0, -c, r) for a, (c, r) in best.items()
+        (0.0 if (cut or not a) else float(scorer(a, example.reference, example.question)), -c, r)
+        for (a, cut), (c, r) in best.items()
     ]
     q, neg_cost, route = max(scored, key=lambda t: (t[0], t[1]))
     return Episode(q, -neg_cost, route, example.task)
@@ -154,6 +171,14 @@ def _row(method: str, cost_weight: float | None, episodes: Sequence[Episode]) ->
     )
 
 
+def route_counts(episodes: Sequence[Episode], top: int = 20) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for ep in episodes:
+        key = f"{ep.task}: {' > '.join(ep.route)}"
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1])[:top])
+
+
 def evaluate(
     policy: RouterPolicy,
     examples: Sequence[Example],
@@ -165,11 +190,19 @@ def evaluate(
     oracle_depth: int | None = None,
     random_seeds: int = 5,
     seed: int = 0,
+    keyword: KeywordRouter | None = None,
+    classifier: RouteClassifier | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """The quality/cost table of the router at each cost weight and of every baseline."""
+    """The quality/cost table of the router at each cost weight and of every baseline, with the claims checked.
+
+    ``oracle_depth`` defaults to (and may not be below) the router's step limit: a shallower oracle is no bound.
+    """
     experts, limit = policy.experts, max_steps or policy.max_steps
     costs = dict(zip(experts, policy.costs, strict=True))
+    depth = oracle_depth or limit
+    if depth < limit:
+        raise ValueError(f"oracle depth {depth} < the router's step limit {limit}: the oracle would be no upper bound")
     rows: list[Row] = []
     say = progress or (lambda _msg: None)
     for e in experts:
@@ -181,25 +214,31 @@ def evaluate(
     ]
     rows.append(_row("random", None, rand))
     rows.append(_row("all-experts", None, [_walk(x, experts, costs, answer_fn, scorer) for x in examples]))
-    depth = oracle_depth or limit
-    rows.append(_row("oracle", None, [run_oracle(x, experts, costs, answer_fn, scorer, depth) for x in examples]))
-    say("baselines done")
     routes: dict[str, dict[str, int]] = {}
+    if keyword is not None:
+        eps = [_walk(x, keyword.route(x.question), costs, answer_fn, scorer) for x in examples]
+        rows.append(_row("keyword", None, eps))
+        routes["keyword"] = route_counts(eps)
+    if classifier is not None:
+        vecs = policy.encoder.encode([x.question for x in examples])
+        eps = [_walk(x, classifier.route(v), costs, answer_fn, scorer) for x, v in zip(examples, vecs, strict=True)]
+        rows.append(_row("classifier", None, eps))
+        routes["classifier"] = route_counts(eps)
+    oracle = [run_oracle(x, experts, costs, answer_fn, scorer, depth) for x in examples]
+    rows.append(_row("oracle", None, oracle))
+    say("baselines done")
     for lam in cost_weights:
         eps = [run_policy(policy, x, answer_fn, scorer, lam, limit) for x in examples]
         rows.append(_row("router", float(lam), eps))
-        counts: dict[str, int] = {}
-        for ep in eps:
-            key = f"{ep.task}: {' > '.join(ep.route)}"
-            counts[key] = counts.get(key, 0) + 1
-        routes[str(lam)] = dict(sorted(counts.items(), key=lambda kv: -kv[1])[:20])
+        routes[str(lam)] = route_counts(eps)
         say(f"router lambda={lam} done")
     all_cost = next(r.cost for r in rows if r.method == "all-experts")
     best_single = max((r for r in rows if r.method.startswith("single:")), key=lambda r: r.quality)
+    router_rows = [r for r in rows if r.method == "router"]
     claim = [
         {"cost_weight": r.cost_weight, "quality": r.quality, "cost": r.cost}
-        for r in rows
-        if r.method == "router" and r.quality >= best_single.quality - 1e-9 and r.cost <= all_cost / 2
+        for r in router_rows
+        if r.quality >= best_single.quality - 1e-9 and r.cost <= all_cost / 2
     ]
     return {
         "rows": [r.public(all_cost) for r in rows],
@@ -207,6 +246,7 @@ def evaluate(
         "best_single": {"method": best_single.method, "quality": best_single.quality, "cost": best_single.cost},
         "claim_met_at": claim,
         "claim": "router quality >= best single expert's, at <= half the always-all-experts chain's cost",
+        "targets": targets(rows),
         "routes": routes,
         "oracle_depth": depth,
         "max_steps": limit,
@@ -215,13 +255,51 @@ def evaluate(
     }
 
 
+def targets(rows: Sequence[Row]) -> dict[str, Any]:
+    """The issue's bars, checked per lambda: beat the keyword router (quality >= at cost <=); within 5 points of
+    the full-depth oracle at <= 1.2x its cost; cost falls (weakly) as lambda rises."""
+    by = {r.method: r for r in rows}
+    router = sorted((r for r in rows if r.method == "router"), key=lambda r: r.cost_weight or 0.0)
+    out: dict[str, Any] = {}
+    kw, oracle, clf = by.get("keyword"), by.get("oracle"), by.get("classifier")
+    if kw is not None:
+        out["beats_keyword_at"] = [
+            r.cost_weight for r in router if r.quality >= kw.quality - 1e-9 and r.cost <= kw.cost + 1e-9
+        ]
+    if clf is not None:
+        out["beats_classifier_at"] = [
+            r.cost_weight for r in router if r.quality >= clf.quality - 1e-9 and r.cost <= clf.cost + 1e-9
+        ]
+    if oracle is not None:
+        out["near_oracle_at"] = [
+            r.cost_weight for r in router if r.quality >= oracle.quality - 0.05 and r.cost <= 1.2 * oracle.cost + 1e-9
+        ]
+    costs = [r.cost for r in router]
+    out["cost_falls_with_lambda"] = all(b <= a + 1e-9 for a, b in itertools.pairwise(costs)) and (
+        len(costs) < 2 or costs[-1] < costs[0]
+    )
+    return out
+
+
+def select_cost_weight(report: dict[str, Any]) -> float | None:
+    """The lambda a dev report selects: the router's best quality, ties broken by lower cost."""
+    router = [r for r in report["rows"] if r["method"] == "router"]
+    if not router:
+        return None
+    best = max(router, key=lambda r: (round(r["quality"], 9), -r["cost"]))
+    return float(best["cost_weight"])
+
+
 def markdown_table(report: dict[str, Any]) -> str:
     lines = [
         "| method | lambda | quality | cost | calls | cost / all-experts |",
         "|---|---|---|---|---|---|",
     ]
+    chosen = report.get("selected_cost_weight")
     for r in report["rows"]:
         lam = "" if r["cost_weight"] is None else f"{r['cost_weight']:g}"
+        if r["method"] == "router" and chosen is not None and r["cost_weight"] == chosen:
+            lam += " (selected on dev)"
         rel = "" if r["cost_vs_all"] is None else f"{r['cost_vs_all']:.2f}"
         lines.append(f"| {r['method']} | {lam} | {r['quality']:.3f} | {r['cost']:.2f} | {r['calls']:.2f} | {rel} |")
     return "\n".join(lines) + "\n"
@@ -255,7 +333,13 @@ def plot_frontier(report: dict[str, Any], path: str | Path) -> None:
     lams = sorted(r["cost_weight"] for r in router)
     label = f"router (PPO), λ={lams[0]:g}…{lams[-1]:g}" if len(lams) > 1 else f"router (PPO), λ={lams[0]:g}"
     ax.plot([r["cost"] for r in router], [r["quality"] for r in router], "o-", color="tab:blue", label=label)
-    markers = {"random": ("x", "tab:gray"), "all-experts": ("s", "tab:red"), "oracle": ("*", "tab:green")}
+    markers = {
+        "random": ("x", "tab:gray"),
+        "all-experts": ("s", "tab:red"),
+        "oracle": ("*", "tab:green"),
+        "keyword": ("D", "tab:purple"),
+        "classifier": ("P", "tab:brown"),
+    }
     singles = [r for r in rows if r["method"].startswith("single:")]
     for r in singles:
         ax.plot(r["cost"], r["quality"], "^", color="tab:orange")
@@ -275,8 +359,18 @@ def plot_frontier(report: dict[str, Any], path: str | Path) -> None:
     ax.plot([], [], "^", color="tab:orange", label="single expert")
     ax.axvline(report["all_experts_cost"] / 2, color="tab:red", linestyle=":", linewidth=1, label="½ all-experts cost")
     ax.set_xlabel("mean cost per question")
-    ax.set_ylabel("test quality")
-    ax.set_title("Router quality vs cost (test split)")
+    for r in router:
+        ax.annotate(
+            f"λ={r['cost_weight']:g}",
+            (r["cost"], r["quality"]),
+            textcoords="offset points",
+            xytext=(4, -9),
+            fontsize=7,
+            color="tab:blue",
+        )
+    split = report.get("split", "eval")
+    ax.set_ylabel(f"{split} quality")
+    ax.set_title(f"Router quality vs cost ({split} split, oracle at depth {report.get('oracle_depth')})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center right")
     fig.tight_layout()

@@ -5,7 +5,11 @@ The gateway (opt-in, ``SWARMGATE_REQUEST_LOG=path``) writes one JSON line per re
 (expert, question, previous answer) -> answer, i.e. a trajectory-cache entry; logged single-expert requests give the
 first step. ``retrain`` ingests those into the cache, optionally collects the transitions the log does not show
 (the actions the policy did not take) through the engine layer, then trains PPO on the logged questions (plus the
-configured training set) and publishes a new policy version atomically.
+configured training set) and publishes a new policy version atomically, only when it beats the serving one on
+the held-out dev split.
+
+Feedback (``POST /v1/feedback``) is appended to the same log as ``{"type": "feedback", "request_id", "score",
+"answer"}`` lines; ``read_feedback`` collects the latest per request.
 """
 
 from __future__ import annotations
@@ -19,6 +23,33 @@ from typing import Any
 from router.cache import Answer
 
 
+@dataclass(frozen=True)
+class Feedback:
+    """What a user said about one served request (``POST /v1/feedback``, stored in the request log)."""
+
+    request_id: str
+    """The response's ``id``."""
+    score: float | None = None
+    """Quality in [0, 1] of the served answer."""
+    answer: str | None = None
+    """A corrected answer."""
+
+
+def read_feedback(paths: Iterable[str | Path]) -> dict[str, Feedback]:
+    """The latest feedback per request id in the logs (lines with ``"type": "feedback"``)."""
+    out: dict[str, Feedback] = {}
+    for _path, _lineno, rec in iter_log(paths):
+        if not isinstance(rec, dict) or rec.get("type") != "feedback" or not isinstance(rec.get("request_id"), str):
+            continue
+        score, answer = rec.get("score"), rec.get("answer")
+        out[rec["request_id"]] = Feedback(
+            rec["request_id"],
+            float(score) if isinstance(score, int | float) else None,
+            answer if isinstance(answer, str) and answer.strip() else None,
+        )
+    return out
+
+
 @dataclass
 class LogDigest:
     """What a request log holds for the router."""
@@ -28,6 +59,10 @@ class LogDigest:
     lines: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     """Reasons lines were not used, with counts."""
+    finals: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """Request id -> (question, final answer of its first choice), to attach feedback to."""
+    feedback_lines: int = 0
+    """Feedback records seen (read by ``read_feedback``)."""
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
@@ -55,6 +90,9 @@ def digest_log(paths: Iterable[str | Path], experts: Iterable[str]) -> LogDigest
         out.lines += 1
         if not isinstance(rec, dict):
             out.skip("not JSON")
+            continue
+        if rec.get("type") == "feedback":
+            out.feedback_lines += 1
             continue
         if rec.get("status", 200) != 200:
             out.skip("error status")
@@ -106,5 +144,8 @@ def digest_log(paths: Iterable[str | Path], experts: Iterable[str]) -> LogDigest
                 previous = text.strip()
         if used:
             questions.setdefault(question, None)
+            first = choices[0] if choices and isinstance(choices[0], dict) else {}
+            if isinstance(rec.get("request_id"), str) and isinstance(first.get("text"), str):
+                out.finals[rec["request_id"]] = (question, first["text"].strip())
     out.questions = list(questions)
     return out

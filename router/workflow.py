@@ -54,7 +54,8 @@ def resolve_experts(cfg: RouterConfig) -> ExpertSet:
 def load_split(cfg: RouterConfig, split: str, limit: int | None = None) -> list[Example]:
     if not cfg.data.dir:
         raise ValueError("set data.dir in the router config (a folder of <task>/<split>.jsonl files)")
-    default = cfg.data.eval_limit_per_task if split == cfg.data.eval_split else cfg.data.limit_per_task
+    held_out = (cfg.data.eval_split, cfg.data.test_split)
+    default = cfg.data.eval_limit_per_task if split in held_out else cfg.data.limit_per_task
     lim = limit if limit is not None else default
     return load_examples(cfg.data.dir, split, cfg.data.tasks, lim)
 
@@ -167,8 +168,9 @@ def collect_splits(
 
 
 def _tables(cfg: RouterConfig, examples: Sequence[Example]) -> dict[Key, str]:
+    """Collected answers (greedy, through the engines) for ``examples``; never the gateway's logged answers."""
     with TrajectoryCache(cfg.cache) as cache:
-        return cache.table(ex.question for ex in examples)
+        return cache.table((ex.question for ex in examples), sources=("collect",))
 
 
 def train_on(
@@ -179,14 +181,22 @@ def train_on(
     progress: bool | None = None,
     policy_root: str | Path | None = None,
     extra_meta: dict[str, Any] | None = None,
+    scorer: Any = None,
+    extra_table_path: str | Path | None = None,
     say: Say = print,
 ) -> Path:
+    """PPO on the cached answers of ``examples`` (``scorer`` overrides the configured one; ``extra_table_path``, a
+    cache of logged answers, fills transitions the collected cache lacks) and publish under ``policy_root``."""
     from router.encoders import encoder_from_config
     from router.scoring import build_scorer
     from router.train import train_and_publish
 
     experts = resolve_experts(cfg)
     table = _tables(cfg, examples)
+    if extra_table_path is not None and Path(extra_table_path).is_file():
+        with TrajectoryCache(extra_table_path) as extra:
+            for k, v in extra.table(ex.question for ex in examples).items():
+                table.setdefault(k, v)
     ok, missing = split_covered(table, examples, experts.names, cfg.env.max_steps)
     if missing:
         say(
@@ -195,7 +205,7 @@ def train_on(
     if not ok:
         raise ValueError(f"no question in {cfg.cache} has its answers cached: run `swarmgate router collect` first")
     encoder = encoder_from_config(cfg.encoder)
-    scorer = build_scorer(cfg.scorer)
+    scorer = scorer if scorer is not None else build_scorer(cfg.scorer)
     path = train_and_publish(
         cfg,
         ok,
@@ -216,6 +226,27 @@ def train_on(
 # --- eval ---------------------------------------------------------------------------------------------------------
 
 
+def route_classifier(cfg: RouterConfig, policy: Any, *, say: Say = print) -> Any:
+    """The supervised baseline: softmax regression on the policy's encoder, trained on the training split's
+    oracle routes (full depth, collected answers only). None when no training question is fully cached."""
+    from router.baselines import RouteClassifier
+    from router.evaluate import run_oracle
+    from router.scoring import build_scorer
+
+    train = load_split(cfg, cfg.data.train_split)
+    table = _tables(cfg, train)
+    ok, _ = split_covered(table, train, policy.experts, policy.max_steps)
+    if not ok:
+        say("no training question is fully cached: the supervised classifier baseline is left out")
+        return None
+    scorer, costs = build_scorer(cfg.scorer), dict(zip(policy.experts, policy.costs, strict=True))
+    answers = TableAnswers(table)
+    labels = [run_oracle(ex, policy.experts, costs, answers, scorer, policy.max_steps).route for ex in ok]
+    features = policy.encoder.encode([ex.question for ex in ok])
+    b = cfg.baselines
+    return RouteClassifier.fit(features, labels, epochs=b.classifier_epochs, l2=b.classifier_l2, seed=cfg.train.seed)
+
+
 def evaluate_policy(
     cfg: RouterConfig,
     *,
@@ -225,25 +256,47 @@ def evaluate_policy(
     out_dir: str | None = None,
     oracle_depth: int | None = None,
     collect_missing: bool = False,
+    final: bool = False,
     say: Say = print,
 ) -> dict[str, Any]:
-    from router.evaluate import evaluate, markdown_table, write_report
+    """The quality/cost table of the router and every baseline on ``split`` (default: the dev split).
+
+    Dev selects (the report names the lambda it selects); the test split is reported only with ``final``, at every
+    trained lambda, marking the one dev selected. Only collected answers are read: the gateway's logged answers
+    (any sampling settings) never enter an evaluation.
+    """
+    from router.baselines import KeywordRouter
+    from router.evaluate import evaluate, markdown_table, select_cost_weight, write_report
     from router.policy import load_policy
     from router.scoring import build_scorer
 
+    split = split or (cfg.data.test_split if final else cfg.data.eval_split)
+    if split == cfg.data.test_split and not final:
+        raise ValueError(
+            f"`{split}` is the held-out test split: choose lambda, checkpoints and settings on "
+            f"`{cfg.data.eval_split}`, then report test once with --final"
+        )
+    if final and split != cfg.data.test_split:
+        raise ValueError(f"--final reports the test split ({cfg.data.test_split}), not {split}")
+    if split == cfg.data.train_split:
+        say(f"warning: evaluating on the training split `{split}`: numbers are optimistic")
     policy = load_policy(policy_path or cfg.policy_dir)
-    examples = load_split(cfg, split or cfg.data.eval_split)
+    examples = load_split(cfg, split)
     weights = list(cost_weights or policy.cost_weights)
     depth = oracle_depth or policy.max_steps
+    if depth < policy.max_steps:
+        raise ValueError(f"--oracle-depth {depth} is below the router's step limit {policy.max_steps}: no upper bound")
     if collect_missing:
         collect_for_eval(cfg, policy, examples, weights, depth, say=say)
     table = _tables(cfg, examples)
     _, missing = split_covered(table, examples, policy.experts, depth)
     if missing:
         raise ValueError(
-            f"{len(missing)} {split or cfg.data.eval_split} questions lack cached answers: run "
-            f"`swarmgate router collect --split {split or cfg.data.eval_split}` first (or eval with --collect)"
+            f"{len(missing)} {split} questions lack cached answers: run "
+            f"`swarmgate router collect --split {split}` first (or eval with --collect)"
         )
+    keyword = KeywordRouter.from_config(cfg.baselines, policy.experts, policy.costs)
+    classifier = route_classifier(cfg, policy, say=say)
     report = evaluate(
         policy,
         examples,
@@ -251,15 +304,40 @@ def evaluate_policy(
         build_scorer(cfg.scorer),
         weights,
         oracle_depth=depth,
+        random_seeds=cfg.baselines.random_seeds,
         seed=cfg.train.seed,
+        keyword=keyword,
+        classifier=classifier,
     )
-    report["split"] = split or cfg.data.eval_split
-    paths = write_report(report, out_dir or cfg.eval_dir)
+    report["split"] = split
+    report["final"] = final
+    root = Path(out_dir or cfg.eval_dir)
+    out = root if out_dir else root / split
+    if final:
+        dev_report = Path(cfg.eval_dir) / cfg.data.eval_split / "report.json"
+        chosen = None
+        if dev_report.is_file():
+            import json
+
+            dev = json.loads(dev_report.read_text())
+            if dev.get("policy", {}).get("version") == policy.version:
+                chosen = dev.get("selected_cost_weight")
+        if chosen is None:
+            say(f"warning: no dev report of policy {policy.version} under {dev_report.parent}: no lambda selected")
+        report["selected_cost_weight"] = chosen
+        report["selected_on"] = cfg.data.eval_split
+        if (out / "report.json").is_file():
+            say(f"warning: {out} already holds a test report; a second look at test is no longer held out")
+    else:
+        report["selected_cost_weight"] = select_cost_weight(report)
+        report["selected_on"] = split
+    paths = write_report(report, out)
     say(markdown_table(report))
     best = report["best_single"]
     say(
         f"best single expert: {best['method']} quality {best['quality']:.3f}; all-experts cost "
-        f"{report['all_experts_cost']:.2f}; claim met at lambda={[c['cost_weight'] for c in report['claim_met_at']]}"
+        f"{report['all_experts_cost']:.2f}; lambda selected on {report['selected_on']}: "
+        f"{report['selected_cost_weight']}; targets: {report['targets']}"
     )
     say(f"wrote {', '.join(str(p) for p in paths.values())}")
     return report
@@ -311,6 +389,85 @@ def collect_for_eval(
 # --- retrain ------------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RetrainResult:
+    """What ``retrain`` did."""
+
+    candidate: Path
+    """The newly trained policy (under ``<policy_dir>/.candidates`` unless published)."""
+    published: Path | None
+    """The published version directory, or None when the candidate did not beat the serving policy."""
+    candidate_dev: float
+    """The candidate's dev utility (mean of quality - lambda * cost over the trained lambdas)."""
+    serving_dev: float | None
+    """The serving policy's dev utility (None: nothing was serving)."""
+    used: dict[str, int]
+    """Logged questions used, by signal (reference, correction, score, judge)."""
+    dropped: dict[str, int]
+    """Logged questions left out, by reason."""
+
+
+def traffic_cache_path(cfg: RouterConfig) -> Path:
+    """Where logged answers go: a cache of their own, never read by ``eval`` (any sampling settings)."""
+    p = Path(cfg.cache)
+    return p.with_name(p.stem + ".traffic" + (p.suffix or ".sqlite"))
+
+
+def held_out_questions(cfg: RouterConfig) -> set[str]:
+    """Every question of the dev (eval) and test splits, in full: never trained on."""
+    if not cfg.data.dir:
+        return set()
+    out: set[str] = set()
+    for split in {cfg.data.eval_split, cfg.data.test_split}:
+        try:
+            out.update(ex.question for ex in load_examples(cfg.data.dir, split, cfg.data.tasks, None))
+        except FileNotFoundError:
+            continue
+    return out
+
+
+def dev_utility(
+    policy: Any, examples: Sequence[Example], table: dict[Key, str], scorer: Any, weights: Sequence[float]
+) -> float:
+    """Mean over ``weights`` of the mean (quality - lambda * cost) of the policy's greedy routes."""
+    from router.evaluate import run_policy
+
+    answers = TableAnswers(table)
+    total = 0.0
+    for lam in weights:
+        eps = [run_policy(policy, ex, answers, scorer, lam) for ex in examples]
+        total += sum(e.quality - lam * e.cost for e in eps) / len(eps)
+    return total / len(weights)
+
+
+def _gate_table(
+    cfg: RouterConfig, policies: Sequence[Any], dev: Sequence[Example], weights: Sequence[float], collect_missing: bool
+) -> dict[Key, str]:
+    """Collected answers along every given policy's dev routes (collecting what is missing when allowed)."""
+    if collect_missing:
+        from router.collect import walk_policy
+
+        async def job(handles: dict[str, Any], cache: TrajectoryCache) -> None:
+            table = cache.table([ex.question for ex in dev], sources=("collect",))
+            for pol in policies:
+                await walk_policy(
+                    handles,
+                    pol,
+                    [ex.question for ex in dev],
+                    cache,
+                    table,
+                    cost_weights=weights,
+                    max_steps=pol.max_steps,
+                    template=cfg.ktp_template,
+                    params=_sampling(cfg),
+                    batch_size=cfg.collect.batch_size,
+                    progress=False,
+                )
+
+        with_experts(cfg, job)
+    return _tables(cfg, dev)
+
+
 def retrain_from_logs(
     cfg: RouterConfig,
     logs: Sequence[str],
@@ -320,34 +477,88 @@ def retrain_from_logs(
     include_train: bool = True,
     total_timesteps: int | None = None,
     progress: bool | None = None,
+    judge: Any = None,
+    force_publish: bool = False,
     say: Say = print,
-) -> Path:
-    """Logs -> cache entries -> (collect what the logs lack) -> PPO -> a new policy version behind the pointer."""
-    from router.retrain import digest_log
+) -> RetrainResult:
+    """Logs + feedback -> (collect what the logs lack) -> PPO -> a candidate policy, published as the next version
+    only when it beats the serving policy on the dev split (``force_publish`` skips the gate)."""
+    import shutil
+
+    from router.judges import TrafficScorer, build_judge
+    from router.policy import PolicyError, load_policy, publish_policy
+    from router.retrain import digest_log, read_feedback
     from router.scoring import build_scorer
 
     experts = resolve_experts(cfg)
     digest = digest_log(logs, experts.names)
+    feedback = read_feedback(logs)
     say(
-        f"{digest.lines} log lines: {len(digest.answers)} transitions, {len(digest.questions)} questions; skipped {digest.skipped}"
+        f"{digest.lines} log lines: {len(digest.answers)} transitions, {len(digest.questions)} questions, "
+        f"{len(feedback)} requests with feedback; skipped {digest.skipped}"
     )
-    with TrajectoryCache(cfg.cache) as cache:
-        written = cache.put_many(digest.answers)
-    say(f"{written} new transitions added to {cfg.cache}")
+    with TrajectoryCache(traffic_cache_path(cfg)) as traffic:
+        written = traffic.put_many(digest.answers)
+    say(f"{written} logged transitions stored in {traffic_cache_path(cfg)} (never read by eval)")
 
-    scorer = build_scorer(cfg.scorer)
+    held = held_out_questions(cfg)
+    questions = [q for q in digest.questions if q not in held]
+    dropped: dict[str, int] = {}
+    if len(questions) < len(digest.questions):
+        dropped["dev/test question"] = len(digest.questions) - len(questions)
+        say(
+            f"{dropped['dev/test question']} logged questions are {cfg.data.eval_split}/{cfg.data.test_split} "
+            "questions; left out of training"
+        )
+    if judge is None:
+        toy_big = None
+        if cfg.spec:
+            from gateway.spec import load_spec
+
+            spec = load_spec(cfg.spec, check_paths=False)
+            big = spec.experts.get("toy-big")
+            toy_big = (lambda: big.model) if big is not None else None
+        judge = build_judge(cfg.retrain, toy_big)
     ref_dir = references or cfg.data.dir
     index = reference_index(ref_dir) if ref_dir else {}
+    by_question: dict[str, list[Any]] = {}
+    for rid, fb in feedback.items():
+        if rid in digest.finals:
+            by_question.setdefault(digest.finals[rid][0], []).append((fb, digest.finals[rid][1]))
+    thr = cfg.retrain.judge_threshold
+    scorer = TrafficScorer(judge=judge, threshold=thr)
     logged: list[Example] = []
-    for q in digest.questions:
+    used = {"reference": 0, "correction": 0, "score": 0, "judge": 0}
+    for q in questions:
         ex = index.get(q)
         if ex is not None:
             logged.append(ex)
-        elif not scorer.needs_reference:
-            logged.append(Example(q, None, "log"))
-    dropped = len(digest.questions) - len(logged)
-    if dropped:
-        say(f"{dropped} logged questions have no reference answer for the {cfg.scorer.name} scorer; left out")
+            used["reference"] += 1
+            continue
+        ref = None
+        kind = ""
+        for fb, final in by_question.get(q, []):
+            if fb.answer is not None:
+                ref, kind = fb.answer.strip(), "correction"
+                break
+            if fb.score is not None and fb.score >= thr:
+                ref, kind = final, "score"
+            elif fb.score is not None:
+                scorer.wrong.add((q, final))
+        if ref is not None:
+            logged.append(Example(q, ref, "traffic"))
+            used[kind] += 1
+        elif judge is not None:
+            logged.append(Example(q, None, "traffic"))
+            used["judge"] += 1
+        else:
+            dropped["no reference, feedback or judge"] = dropped.get("no reference, feedback or judge", 0) + 1
+    if dropped.get("no reference, feedback or judge"):
+        say(
+            f"{dropped['no reference, feedback or judge']} logged questions have no reference, no feedback and no "
+            "judge (set retrain.judge); left out"
+        )
+    say(f"logged questions used: {used}")
     if collect_missing and logged:
         collect_questions(cfg, [ex.question for ex in logged], progress=bool(progress), say=say)
     examples = list(logged)
@@ -356,11 +567,43 @@ def retrain_from_logs(
         examples += [ex for ex in load_split(cfg, cfg.data.train_split) if ex.question not in seen]
     if not examples:
         raise ValueError("nothing to train on: the logs hold no usable question and include_train is off")
-    return train_on(
+    staging = Path(cfg.policy_dir) / ".candidates"
+    candidate = train_on(
         cfg,
         examples,
         total_timesteps=total_timesteps,
         progress=progress,
-        extra_meta={"retrained_from": [str(p) for p in logs], "logged_questions": len(logged)},
-        say=say,
+        policy_root=staging,
+        scorer=scorer,
+        extra_table_path=traffic_cache_path(cfg),
+        extra_meta={"retrained_from": [str(p) for p in logs], "logged_questions": len(logged), "signals": used},
+        say=lambda m: None,
     )
+    # the gate: the held-out dev split, collected answers, the configured (reference) scorer
+    dev = load_split(cfg, cfg.data.eval_split)
+    cand = load_policy(candidate)
+    try:
+        serving = load_policy(cfg.policy_dir)
+    except PolicyError:
+        serving = None
+    weights = [cfg.retrain.gate_cost_weight] if cfg.retrain.gate_cost_weight is not None else list(cfg.env.cost_weights)
+    pols = [cand] + ([serving] if serving is not None else [])
+    table = _gate_table(cfg, pols, dev, weights, collect_missing)
+    exact = build_scorer(cfg.scorer)
+    cand_u = dev_utility(cand, dev, table, exact, weights)
+    serv_u = dev_utility(serving, dev, table, exact, weights) if serving is not None else None
+    published: Path | None = None
+    if force_publish or serv_u is None or cand_u > serv_u + cfg.retrain.min_gain:
+        published = publish_policy(cfg.policy_dir, lambda d: shutil.copytree(candidate, d, dirs_exist_ok=True))
+        say(
+            f"published {published}: dev utility {cand_u:.4f} vs serving "
+            f"{'none' if serv_u is None else f'{serv_u:.4f}'} ({cfg.data.eval_split}, {len(dev)} questions); "
+            "a serving gateway hot-reloads it"
+        )
+    else:
+        say(
+            f"NOT published: the candidate's dev utility {cand_u:.4f} does not beat the serving policy's "
+            f"{serv_u:.4f} by more than {cfg.retrain.min_gain} ({cfg.data.eval_split}, {len(dev)} questions); "
+            f"the serving policy stays; candidate kept at {candidate}"
+        )
+    return RetrainResult(candidate, published, cand_u, serv_u, used, dropped)

@@ -119,14 +119,16 @@ async def test_eval_collection_gathers_exactly_what_evaluate_reads(tmp_path: Pat
     with TrajectoryCache(tmp_path / "c.sqlite") as cache:
         await collect(handles, questions, cache, depth=2, routes=[EXPERTS], **kw)
         table = cache.table()
-        rand = random_routes(len(questions), EXPERTS, policy.max_steps, seed=0)
+        rand = random_routes(len(questions), EXPERTS, 2, seed=0)
         await walk_routes(
             handles, [(q, r) for per_q in rand for q, r in zip(questions, per_q, strict=True)], cache, table, **kw
         )
         await walk_policy(handles, policy, questions, cache, table, cost_weights=[0.0, 1.0], max_steps=3, **kw)
         table = cache.table()
-    report = evaluate(policy, examples, TableAnswers(table), ExactMatch(), [0.0, 1.0], oracle_depth=2, seed=0)
-    assert report["oracle_depth"] == 2 and report["max_steps"] == 3
+    report = evaluate(
+        policy, examples, TableAnswers(table), ExactMatch(), [0.0, 1.0], max_steps=2, oracle_depth=2, seed=0
+    )
+    assert report["oracle_depth"] == 2 and report["max_steps"] == 2
     rows = {(r["method"], r["cost_weight"]): r for r in report["rows"]}
     assert rows[("router", 0.0)]["by_task"]["addrev"] == 1.0 and rows[("router", 0.0)]["calls"] == 2.0
     assert rows[("router", 1.0)]["calls"] == 1.0  # at lambda 1 the scripted policy stops after the first call

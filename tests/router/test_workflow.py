@@ -50,11 +50,11 @@ async def fill_cache(cfg: RouterConfig, examples: list[Example]) -> None:
 
 @pytest.fixture
 async def world(tmp_path: Path) -> RouterConfig:
-    train, test = make_examples(4, seed=0), make_examples(3, seed=1)
-    write_dataset(tmp_path, {"train": train, "test": test})
+    train, dev = make_examples(4, seed=0), make_examples(3, seed=1)
+    write_dataset(tmp_path, {"train": train, "dev": dev})
     cfg = small_config(tmp_path)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dir=str(tmp_path / "data")))
-    await fill_cache(cfg, train + test)
+    await fill_cache(cfg, train + dev)
     return cfg
 
 
@@ -65,7 +65,10 @@ def test_train_then_eval_writes_policy_table_and_plot(world: RouterConfig) -> No
     assert meta["training"]["total_timesteps"] == 256 and meta["training"]["seed"] == 0
     report = evaluate_policy(world, cost_weights=[0.05, 0.5], say=lambda _m: None)
     rows = {(r["method"], r["cost_weight"]): r for r in report["rows"]}
-    assert {m for m, _ in rows} == {*(f"single:{e}" for e in EXPERTS), "random", "all-experts", "oracle", "router"}
+    assert {m for m, _ in rows} == {
+        *(f"single:{e}" for e in EXPERTS),
+        *("random", "all-experts", "classifier", "oracle", "router"),
+    }
     assert rows[("single:big", None)]["quality"] == pytest.approx(4 / 6)  # big can't do composed tasks
     assert rows[("single:big", None)]["cost"] == 4.0
     assert rows[("all-experts", None)]["cost"] == 9.0 and rows[("all-experts", None)]["calls"] == 6
@@ -74,7 +77,7 @@ def test_train_then_eval_writes_policy_table_and_plot(world: RouterConfig) -> No
     assert 0 < rows[("router", 0.05)]["calls"] <= 3
     assert report["best_single"]["method"] == "single:big"
     for name in ("table.md", "table.csv", "report.json", "frontier.png"):
-        assert (Path(world.eval_dir) / name).stat().st_size > 0
+        assert (Path(world.eval_dir) / "dev" / name).stat().st_size > 0
 
 
 def test_eval_refuses_uncollected_questions(world: RouterConfig, tmp_path: Path) -> None:
@@ -166,14 +169,21 @@ def test_digest_turns_logged_routes_into_transitions(tmp_path: Path) -> None:
 async def test_retrain_from_logs_publishes_a_new_version(world: RouterConfig, tmp_path: Path) -> None:
     train_on(world, load_split(world, "train"), say=lambda _m: None)
     new_q = make_examples(1, seed=42)  # questions the gateway saw, not in the training set
-    write_dataset(tmp_path, {"dev": new_q})  # their references live in the dataset (by question)
+    write_dataset(tmp_path / "refs", {"train": new_q})  # their references live in a dataset (by question)
     await fill_cache(world, new_q)  # the transitions the log does not show ("collect missing" through engines)
     log = tmp_path / "requests.jsonl"
     log.write_text("".join(log_line(e.question, [("big", "")], "?") for e in new_q))
     cfg = dataclasses.replace(world, train=TrainConfig(total_timesteps=128, n_envs=2, progress_bar=False))
     messages: list[str] = []
-    path = retrain_from_logs(cfg, [str(log)], collect_missing=False, say=messages.append)
-    assert path.name == "v0002" and (Path(cfg.policy_dir) / POINTER).read_text().strip() == "v0002"
+    result = retrain_from_logs(
+        cfg,
+        [str(log)],
+        references=str(tmp_path / "refs"),
+        collect_missing=False,
+        force_publish=True,
+        say=messages.append,
+    )
+    assert result.published is not None and result.published.name == "v0002" and (Path(cfg.policy_dir) / POINTER).read_text().strip() == "v0002"
     meta = load_policy(cfg.policy_dir).meta["training"]
     assert meta["logged_questions"] == len(new_q) and meta["examples"] == len(new_q) + 24
     with TrajectoryCache(cfg.cache) as cache:
