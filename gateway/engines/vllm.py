@@ -404,3 +404,93 @@ class VLLMEngine(Engine):
             if token_id < vocab:
                 dist[token_id] = lp.logprob
         return dist
+
+    # ---- token-level blending (scoring sessions) --------------------------------------------------------------------
+    async def open_scoring(self, adapters: Any, *, top_k: int | None = None) -> _VLLMScoringSession:
+        """A session that re-submits its sequence per call and lets prefix caching skip the known prefix.
+
+        Each ``feed`` of n tokens sends, per row and per wanted position, one ``max_tokens=1`` request with
+        ``logprobs=top_k`` (-1: the whole vocabulary) on the sequence up to that position; they run concurrently, so
+        vLLM batches them into one engine step and its prefix cache computes only the new tokens.
+        """
+        self._engine()
+        loras = [self._lora_request(a) for a in adapters]
+        for lora in loras:
+            await self._ensure_loaded(lora)
+        return _VLLMScoringSession(self, loras, top_k)
+
+    def blend_tokenizer(self) -> Any:
+        self._engine()
+        return self._tokenizer
+
+    def blend_eos_ids(self) -> set[int]:
+        self._engine()
+        eos = {int(self._tokenizer.eos_token_id)} if self._tokenizer.eos_token_id is not None else set()
+        gen = self._llm.model_config.try_get_generation_config() or {}
+        value = gen.get("eos_token_id")
+        if isinstance(value, int):
+            eos.add(value)
+        elif isinstance(value, list | tuple):
+            eos.update(int(v) for v in value)
+        return eos
+
+    def encode_for_blend(self, prompt: Prompt) -> list[int]:
+        return self.tokenize(prompt)
+
+    async def _score_last(self, ids: list[int], lora: Any, top_k: int | None) -> Any:
+        """Next-token log-distribution after ``ids``: a float tensor over the vocabulary, ``nan`` where unreported."""
+        import torch
+        from vllm.inputs import tokens_input
+        from vllm.sampling_params import SamplingParams as VSamplingParams
+
+        llm = self._engine()
+        vocab = int(llm.model_config.get_vocab_size())
+        params = VSamplingParams(max_tokens=1, temperature=0.0, logprobs=top_k or -1, detokenize=False)
+        final = None
+        try:
+            async for out in llm.generate(tokens_input(ids), params, f"sg-blend-{uuid.uuid4().hex}", lora_request=lora):
+                final = out
+        except Exception as e:
+            raise EngineError(f"vllm engine for {self.model!r} failed: {type(e).__name__}: {e}") from e
+        if final is None or not final.outputs[0].logprobs:
+            raise EngineError(f"vllm engine for {self.model!r} returned no logprobs")
+        dist = torch.full((vocab,), float("nan") if top_k else float("-inf"), dtype=torch.float32)
+        for token_id, lp in final.outputs[0].logprobs[0].items():
+            if token_id < vocab:
+                dist[token_id] = lp.logprob
+        return dist
+
+
+class _VLLMScoringSession:
+    """Rows (LoRA requests) over one token sequence on a vLLM engine (see ``ScoringSession``)."""
+
+    def __init__(self, engine: VLLMEngine, loras: list[Any], top_k: int | None):
+        self.engine = engine
+        self.loras = loras
+        self.top_k = top_k
+        self.ids: list[int] = []
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
+
+    async def feed(self, token_ids: Any, *, last: int = 1) -> Any:
+        import torch
+
+        new = list(token_ids)
+        if not new:
+            raise ValueError("feed needs at least one token")
+        if len(self.ids) + len(new) >= self.engine.max_model_len:
+            raise PromptTooLong(len(self.ids) + len(new), 1, self.engine.max_model_len)
+        self.ids.extend(new)
+        last = max(1, min(last, len(new)))
+        ends = [len(self.ids) - last + j + 1 for j in range(last)]
+        jobs = [self.engine._score_last(self.ids[:end], lora, self.top_k) for lora in self.loras for end in ends]
+        dists = await asyncio.gather(*jobs)
+        return torch.stack(dists).reshape(len(self.loras), last, -1)
+
+    async def rollback(self, length: int) -> None:
+        del self.ids[length:]
+
+    async def close(self) -> None:
+        self.ids = []
