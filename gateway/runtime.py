@@ -2,7 +2,12 @@
 
 Experts on the same base model (same engine kind, model and engine arguments) share one engine. A reload builds the
 new runtime completely (reusing engines whose key is unchanged) before it replaces the old one; if anything fails the
-new engines are closed and the old runtime keeps serving.
+new engines are closed and the old runtime keeps serving (``last_error`` says why).
+
+Requests pin the runtime they started on (``RuntimeHolder.acquire``): a request that is running or queued during a
+reload finishes on the executors it started with. A replaced runtime's engines are closed when its last request
+ends and no newer runtime shares them (engines are reference-counted by the runtimes that hold them). Spec loading
+and executor builds (policy, encoder, topology files) run off the event loop.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import hashlib
 import json
 import logging
 import os
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,13 +57,34 @@ def adapter_for(name: str, path: str) -> Adapter:
     return Adapter(name=f"{name}@{h.hexdigest()[:12]}", path=str(path))
 
 
-@dataclass
+@dataclass(eq=False)
 class Runtime:
     spec: Spec
     spec_path: str | None
     engines: dict[str, Engine] = field(default_factory=dict)
     experts: dict[str, ExpertHandle] = field(default_factory=dict)
     executors: dict[str, Executor] = field(default_factory=dict)
+    active: int = 0
+    """Requests pinned to this runtime (running or queued)."""
+    retired: bool = False
+    """Replaced by a newer runtime: its engines close when ``active`` drops to zero."""
+    on_idle: Callable[[], None] | None = None
+    """Called once a retired runtime's last request ends (set by the holder)."""
+
+    def enter(self) -> None:
+        """Pin a request to this runtime (its executors and engines stay open until ``exit``)."""
+        self.active += 1
+
+    def exit(self) -> None:
+        """Unpin a request; the last one out of a retired runtime lets the holder close what nothing else uses."""
+        self.active -= 1
+        if self.active <= 0 and self.retired and self.on_idle is not None:
+            cb, self.on_idle = self.on_idle, None
+            cb()
+
+    def dead_engines(self) -> list[str]:
+        """Local engines that died (a dead vLLM engine core, a stopped worker thread): the pod needs a restart."""
+        return [f"{e.kind}:{i}" for i, e in enumerate(self.engines.values()) if engine_problem(e)]
 
     @classmethod
     async def build(
@@ -121,14 +149,15 @@ class Runtime:
             handle = self._handle(name, ens, force, reuse, created, f"ensembles.{name}")
             await handle.engine.start()
             return ExpertExecutor(name, handle)
+        # executor builders read files and may load models (policy, encoder): keep them off the event loop
         if isinstance(ens, DagEnsemble):
             from gateway.executors.dag import DagExecutor
 
-            return DagExecutor.from_spec(name, ens, self.experts)
+            return await asyncio.to_thread(DagExecutor.from_spec, name, ens, self.experts)
         if isinstance(ens, ChainEnsemble):
             from gateway.executors.chain import ChainExecutor
 
-            return ChainExecutor.from_spec(name, ens, self.experts)
+            return await asyncio.to_thread(ChainExecutor.from_spec, name, ens, self.experts)
         if getattr(ens, "kind", None) == "blend":
             from gateway.executors.blend import BlendExecutor
 
@@ -158,6 +187,21 @@ class Runtime:
                     log.exception("closing engine")
 
 
+def engine_problem(engine: Engine) -> str | None:
+    """Why a started local engine can no longer serve, or None (remote engines are not probed here)."""
+    llm = getattr(engine, "_llm", None)  # vLLM: AsyncLLM marks itself errored when its engine core dies
+    if engine.kind == "vllm" and llm is not None and getattr(llm, "errored", False):
+        return "vllm engine core is dead"
+    thread = getattr(engine, "_thread", None)  # transformers: the worker thread owns the model
+    if engine.kind == "transformers" and thread is not None and not thread.is_alive():
+        return "transformers worker thread stopped"
+    return None
+
+
+class ReloadError(Exception):
+    """A reload failed for a reason other than a bad spec or engine (an internal error); ``last_error`` has it."""
+
+
 class RuntimeHolder:
     """Holds the serving runtime; swaps it atomically on reload and refuses a bad spec."""
 
@@ -168,6 +212,50 @@ class RuntimeHolder:
         self.last_error: str | None = None
         self._mtime: int | None = None
         self._lock = asyncio.Lock()
+        self._engine_refs: Counter[int] = Counter()  # id(engine) -> runtimes (serving or draining) holding it
+        self._retired: set[Runtime] = set()  # replaced runtimes with requests still running
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def acquire(self) -> Runtime | None:
+        """The serving runtime, pinned for one request (call ``runtime.exit()`` when the request ends)."""
+        rt = self.runtime
+        if rt is not None:
+            rt.enter()
+        return rt
+
+    def _retire(self, old: Runtime) -> None:
+        old.retired = True
+        if old.active <= 0:
+            self._spawn_finish(old)
+        else:
+            self._retired.add(old)
+            old.on_idle = lambda: self._spawn_finish(old)
+
+    def _spawn_finish(self, rt: Runtime) -> None:
+        self._retired.discard(rt)
+        task = asyncio.get_running_loop().create_task(self._finish(rt))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _finish(self, rt: Runtime) -> None:
+        """Close a replaced runtime's executors and the engines no other runtime holds any more."""
+        for ex in rt.executors.values():
+            try:
+                await ex.close()
+            except Exception:  # pragma: no cover
+                log.exception("closing executor %s", ex.name)
+        for eng in {id(e): e for e in rt.engines.values()}.values():
+            self._engine_refs[id(eng)] -= 1
+            if self._engine_refs[id(eng)] <= 0:
+                del self._engine_refs[id(eng)]
+                try:
+                    await eng.close()
+                except Exception:  # pragma: no cover
+                    log.exception("closing engine")
+
+    def _hold(self, rt: Runtime) -> None:
+        for eng in {id(e): e for e in rt.engines.values()}.values():
+            self._engine_refs[id(eng)] += 1
 
     def _stat(self) -> int | None:
         try:
@@ -182,7 +270,7 @@ class RuntimeHolder:
         async with self._lock:
             mtime = self._stat()
             try:
-                spec = load_spec(self.spec_path)
+                spec = await asyncio.to_thread(load_spec, self.spec_path)
                 new = await Runtime.build(
                     spec, spec_path=self.spec_path, force_engine=self.force_engine, reuse=self.runtime
                 )
@@ -190,11 +278,21 @@ class RuntimeHolder:
                 self.last_error = str(exc)
                 self._mtime = mtime  # don't retry the same bad file on every poll
                 raise
+            except (OSError, ValueError, TypeError, KeyError) as exc:  # unreadable file, bad engine_args types
+                self.last_error = f"{self.spec_path}: {type(exc).__name__}: {exc}"
+                self._mtime = mtime
+                raise SpecError(self.spec_path, "spec", f"{type(exc).__name__}: {exc}") from exc
+            except Exception as exc:
+                log.exception("spec load failed unexpectedly; still serving the previous spec")
+                self.last_error = f"{self.spec_path}: internal error: {type(exc).__name__}: {exc}"
+                self._mtime = mtime
+                raise ReloadError(self.last_error) from exc
             old, self.runtime = self.runtime, new
+            self._hold(new)
             self._mtime = mtime
             self.last_error = None
             if old is not None:
-                await old.close(keep=new)
+                self._retire(old)  # closes now, or when its last pinned request ends
             engines = {
                 f"{e.kind}:{Path(getattr(e, 'model_path', None) or getattr(e, 'model', '') or '').name or '?'}"
                 for e in new.engines.values()
@@ -213,12 +311,20 @@ class RuntimeHolder:
             return "unchanged"
         try:
             await self.load()
-        except (SpecError, EngineError) as exc:
+        except (SpecError, EngineError, ReloadError) as exc:
             log.error("spec reload refused, still serving the previous spec: %s", exc)
             return "refused"
         return "ok"
 
     async def close(self) -> None:
-        if self.runtime is not None:
-            await self.runtime.close()
-            self.runtime = None
+        """Shut down: close the serving runtime, every runtime still draining, and every engine they hold."""
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+        runtimes = [rt for rt in (self.runtime, *self._retired) if rt is not None]
+        self.runtime = None
+        self._retired.clear()
+        for rt in runtimes:
+            rt.on_idle = None
+            await self._finish(rt)
+        for rt in runtimes:  # engines a test built outside ``load`` (no reference counts) still close
+            await rt.close()

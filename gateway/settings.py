@@ -15,7 +15,7 @@ class Settings(BaseSettings):
     spec: Path | None = None
     """The spec YAML to serve. None: the toy world's spec (built first if missing)."""
     host: str = "0.0.0.0"
-    """Interface to bind."""
+    """Interface to bind (``swarmgate serve --host`` overrides it)."""
     port: int = Field(default=8000, ge=0, le=65535)
     """Port to bind."""
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -34,15 +34,44 @@ class Settings(BaseSettings):
     """Poll the spec file (and reload it atomically when it changes) this often; 0 turns polling off."""
     log_level: str = "info"
     """Python logging level for the gateway."""
+    admin_api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Bearer keys for ``/admin/*`` (comma-separated). Empty: admin answers only loopback clients, and only when
+    ``api_keys`` is empty too; with ``api_keys`` set and no admin key, ``/admin/*`` is closed (403)."""
+    drain_timeout_s: float = Field(default=30.0, ge=0)
+    """On SIGTERM: ``/ready`` turns 503 and new requests get 503 at once; in-flight ones finish up to this bound,
+    then are cancelled. Keep it below Kubernetes' ``terminationGracePeriodSeconds``."""
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    """Largest request body accepted (413 beyond it), checked before the body is read or parsed."""
+    max_prompt_chars: int = Field(default=1_000_000, ge=1)
+    """Most characters in one request's prompts (all messages / all prompts together); 400 beyond it."""
+    max_prompts_times_n: int = Field(default=64, ge=1)
+    """Fan-out cap: prompts in a completions list times ``n`` (sequences one request may run under one slot)."""
+    max_stop_sequences: int = Field(default=4, ge=0)
+    """Most stop strings per request."""
+    max_stop_chars: int = Field(default=256, ge=1)
+    """Longest stop string, in characters."""
+    max_messages: int = Field(default=1024, ge=1)
+    """Most chat messages per request."""
+    queue_timeout_s: float = Field(default=60.0, gt=0)
+    """Longest wait for a concurrency slot (503 ``queue_timeout`` past it); queue time also counts toward
+    ``request_timeout_s``."""
+    stream_idle_timeout_s: float = Field(default=30.0, gt=0)
+    """A streaming client that reads nothing for this long loses its slot (its engine work is cancelled)."""
+    stream_buffer_events: int = Field(default=256, ge=1)
+    """Events buffered per streaming request before its engine work waits for the client (bounded memory)."""
+    request_log_max_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
+    """Rotate the request log when it grows past this size (0: never rotate)."""
+    request_log_backups: int = Field(default=5, ge=0)
+    """Rotated request logs kept (``requests.jsonl.1`` ... ``.N``)."""
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "admin_api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
 
-    @field_validator("api_keys")
+    @field_validator("api_keys", "admin_api_keys")
     @classmethod
     def _safe_keys(cls, keys: list[str]) -> list[str]:
         for k in keys:

@@ -23,29 +23,31 @@ app.add_typer(router_app, name="router")
 @app.command()
 def serve(
     spec: Annotated[
-        Path | None, typer.Option(help="Spec YAML to serve (default: the toy world, built if missing).")
+        Path | None, typer.Option(help="Spec YAML to serve (default: SWARMGATE_SPEC, else the toy world).")
     ] = None,
-    host: Annotated[str, typer.Option(help="Interface to bind.")] = "0.0.0.0",
-    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    host: Annotated[str | None, typer.Option(help="Interface to bind (default: SWARMGATE_HOST, else 0.0.0.0).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind (default: SWARMGATE_PORT, else 8000).")] = None,
     engine: Annotated[
         str | None,
         typer.Option(help="Force 'auto' experts onto 'transformers' or 'vllm' (default: vllm if installed)."),
     ] = None,
-    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+    log_level: Annotated[str | None, typer.Option(help="Log level (default: SWARMGATE_LOG_LEVEL, else info).")] = None,
 ) -> None:
-    """Serve a spec over the OpenAI-compatible API (other settings: SWARMGATE_* environment variables)."""
-    import uvicorn
-
-    from gateway.api.app import create_app
+    """Serve a spec over the OpenAI-compatible API. Flags override SWARMGATE_* environment variables, which set
+    everything else (keys, limits, timeouts: see gateway/settings.py). SIGTERM drains (SWARMGATE_DRAIN_TIMEOUT_S)."""
+    from gateway.api.app import create_app, run_server
     from gateway.settings import Settings
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides: dict[str, object] = {"host": host, "port": port, "log_level": log_level}
-    if engine is not None:
-        overrides["engine"] = engine
-    settings = Settings(**overrides)  # type: ignore[arg-type]
-    if spec is not None:
-        settings.spec = spec
+    overrides: dict[str, object] = {}
+    for name, value in (("spec", spec), ("host", host), ("port", port), ("engine", engine), ("log_level", log_level)):
+        if value is not None:
+            overrides[name] = value
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValueError as exc:  # pydantic's ValidationError: a bad SWARMGATE_* value
+        typer.echo(f"error: invalid settings: {exc}", err=True)
+        raise typer.Exit(2) from None
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.spec is None:
         from toyworld.build import build_toy_world
 
@@ -59,7 +61,7 @@ def serve(
     except SpecError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level.lower())
+    run_server(create_app(settings), settings, log_level=settings.log_level)
 
 
 @toy_app.command("build")

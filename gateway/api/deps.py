@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
 
+from gateway.api.guard import admin_allowed, any_key_ok, bearer, check_inference_key
 from gateway.api.metrics import Metrics
 from gateway.api.serving import OpenAIServing
-from gateway.errors import AuthenticationError
 from gateway.runtime import RuntimeHolder
 from gateway.settings import Settings
 
@@ -37,19 +36,20 @@ MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
 def require_api_key(request: Request, settings: SettingsDep) -> None:
-    """Bearer-key check when keys are configured; constant-time compare against every key; never logs the key."""
-    if not settings.api_keys:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise AuthenticationError("Missing API key: send 'Authorization: Bearer <key>'.")
-    given = token.strip().encode()
-    ok = False
-    for key in settings.api_keys:
-        ok |= hmac.compare_digest(given, key.encode())
-    if not ok:
-        raise AuthenticationError("Incorrect API key provided.")
+    """Bearer-key check when keys are configured (the front door checked it before the body; this documents it)."""
+    check_inference_key(settings, bearer(request.scope.get("headers", [])))
+
+
+def require_admin_key(request: Request, settings: SettingsDep) -> None:
+    """``/admin/*``: an admin key, or loopback when no key is configured at all (see ``guard.admin_allowed``)."""
+    client = request.client.host if request.client else None
+    admin_allowed(settings, bearer(request.scope.get("headers", [])), client)
+
+
+def has_any_key(request: Request, settings: Settings) -> bool:
+    """The caller may see details (``/ready`` body, metrics): no key is configured, or it sent a valid one."""
+    return any_key_ok(settings, bearer(request.scope.get("headers", [])))
 
 
 AuthDep = Depends(require_api_key)
+AdminDep = Depends(require_admin_key)

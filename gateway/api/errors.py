@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import re
+import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -13,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway.api.metrics import UNKNOWN_MODEL
 from gateway.engines.base import EngineError, EngineTimeout, InvalidEngineRequest, PromptTooLong
 from gateway.errors import (
     GatewayError,
@@ -25,6 +27,22 @@ from gateway.spec import SpecError
 
 log = logging.getLogger(__name__)
 
+_URL = re.compile(r"[a-z][a-z0-9+.-]*://[^\s'\"<>()]+", re.IGNORECASE)
+_PATH = re.compile(r"(?<![\w.:/-])(?:~|\.{1,2})?/(?:[\w.@+=-]+/?)+")
+
+
+def redact(text: str) -> str:
+    """Drop what an engine error may carry that a client must not see: URLs (upstream hosts) and file paths."""
+    return _PATH.sub("<path>", _URL.sub("<url>", text))
+
+
+def _upstream(kind: type[GatewayError], prefix: str, exc: BaseException) -> GatewayError:
+    """A 502/504 whose body names the problem without hosts or paths; the full error goes to the server log."""
+    ref = uuid.uuid4().hex[:12]
+    log.error("%s (ref %s): %s: %s", prefix, ref, type(exc).__name__, exc)
+    detail = redact(str(exc))
+    return kind(f"{prefix}: {detail} (ref {ref})" if detail else f"{prefix} (ref {ref})")
+
 
 def to_gateway_error(exc: BaseException, *, prompt_param: str = "messages") -> GatewayError:
     """Map anything raised while serving to a GatewayError (client mistakes 4xx, engine trouble 5xx)."""
@@ -33,19 +51,45 @@ def to_gateway_error(exc: BaseException, *, prompt_param: str = "messages") -> G
     if isinstance(exc, PromptTooLong):
         return InvalidRequestError(str(exc), param=prompt_param, code="context_length_exceeded")
     if isinstance(exc, InvalidEngineRequest):
-        return InvalidRequestError(str(exc))
+        return InvalidRequestError(redact(str(exc)))
     if isinstance(exc, EngineTimeout | asyncio.TimeoutError | TimeoutError):
-        return UpstreamTimeout(f"the engine did not answer in time: {exc}" if str(exc) else "the request timed out")
+        if not str(exc):
+            return UpstreamTimeout("the request timed out")
+        return _upstream(UpstreamTimeout, "the engine did not answer in time", exc)
     if isinstance(exc, EngineError):
-        return UpstreamError(f"engine error: {exc}")
+        return _upstream(UpstreamError, "engine error", exc)
     if isinstance(exc, SpecError):
-        return UpstreamError(f"model unavailable: {exc}")
+        return _upstream(UpstreamError, "model unavailable", exc)
     log.exception("unexpected error while serving", exc_info=exc)
     return GatewayError("internal server error")
 
 
-def error_response(err: GatewayError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status)
+class PayloadTooLargeError(GatewayError):
+    """The request body is larger than ``max_body_bytes`` (413)."""
+
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class ForbiddenError(GatewayError):
+    """The key is valid but may not use this endpoint, or the endpoint is closed by configuration (403)."""
+
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+
+
+class DrainingError(GatewayError):
+    """The gateway is shutting down and takes no new requests (503; retry on another replica)."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "draining"
+
+
+def error_response(err: GatewayError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
 
 def _param_of(loc: tuple[Any, ...]) -> str | None:
@@ -94,7 +138,7 @@ def install_error_handlers(app: FastAPI) -> None:
         kind = {404: "not_found_error", 405: "invalid_request_error"}.get(exc.status_code, "invalid_request_error")
         err = GatewayError(str(exc.detail))
         err.status, err.type = exc.status_code, kind
-        return error_response(err)
+        return error_response(err, headers=dict(exc.headers or {}) or None)  # 405 keeps its Allow header
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -108,7 +152,10 @@ def _count_rejected(request: Request, body: Any, status: int) -> None:
     if metrics is None or endpoint is None:
         return
     model = body.get("model") if isinstance(body, dict) else None
-    metrics.requests.labels(model if isinstance(model, str) else "", endpoint, str(status)).inc()
+    holder = getattr(request.app.state, "holder", None)
+    rt = getattr(holder, "runtime", None)
+    known = isinstance(model, str) and rt is not None and model in rt.executors
+    metrics.requests.labels(model if known else UNKNOWN_MODEL, endpoint, str(status)).inc()
 
 
 def sse_error_frame(err: GatewayError) -> str:

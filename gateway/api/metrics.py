@@ -1,4 +1,8 @@
-"""Prometheus metrics, one registry per app (no process-global state)."""
+"""Prometheus metrics, one registry per app (no process-global state).
+
+Label values come from the spec, never from the client: a model name the spec doesn't serve is counted as
+``_unknown`` (a client can't grow the label set), and an outcome the client caused by leaving is status ``499``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from gateway.executors.base import StepInfo
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+UNKNOWN_MODEL = "_unknown"
+"""The ``model`` label of requests for a name the spec doesn't serve (404s, bodies that failed validation)."""
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
 
@@ -15,7 +21,7 @@ class Metrics:
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
             "swarmgate_requests",
-            "Requests by model, endpoint and HTTP status",
+            "Requests by model, endpoint and outcome (HTTP status; 499: the client went away)",
             ["model", "endpoint", "status"],
             registry=r,
         )

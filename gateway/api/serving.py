@@ -1,12 +1,17 @@
 """Chat and text completions: turn a validated request into executor runs, and their events into OpenAI responses.
 
 Both endpoints share one path:
-1. resolve the model to an executor (404), check the prompt against its context (400), fill in defaults;
-2. take a concurrency slot (429 when the slot queue is full);
+1. pin the serving runtime (a reload meanwhile doesn't touch this request's executors), resolve the model (404),
+   check the request against the configured limits and the prompt against the model's context (400);
+2. take a concurrency slot (429 when the queue is full, 503 past ``queue_timeout_s``; queue time counts toward the
+   request timeout; a queued client that leaves is dropped);
 3. run one ``ExecRequest`` per (prompt, choice) concurrently (``n`` fans out here, seeds ``seed + i``);
 4. non-streaming: collect, answer with ``usage`` and our ``swarmgate`` route field; streaming: wait for the first
    event (so early failures are still proper HTTP errors), then Server-Sent Events exactly as OpenAI sends them.
-A client that disconnects cancels its executor runs, which abort their engine requests.
+
+Every request ends in exactly one outcome, counted once: its status, or 499 when the client went away (disconnect,
+or a streaming client that read nothing for ``stream_idle_timeout_s``). Whatever the ending, the slot, the in-flight
+gauge and the runtime pin are released once, and the executor runs are cancelled (which aborts engine requests).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,63 +27,106 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from gateway.api.errors import sse_error_frame, to_gateway_error
-from gateway.api.metrics import Metrics
+from gateway.api.metrics import UNKNOWN_MODEL, Metrics
 from gateway.api.protocol import ChatCompletionRequest, CompletionRequest, new_id, now
 from gateway.engines.base import Chunk, Prompt, PromptTooLong, SamplingParams, TokenLogprob
 from gateway.errors import GatewayError, InvalidRequestError, ModelNotFoundError, NotReadyError, RateLimitError
 from gateway.executors.base import ExecRequest, Executor, StepInfo, question_of
-from gateway.runtime import RuntimeHolder
+from gateway.runtime import Runtime, RuntimeHolder
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
 
 Endpoint = Literal["chat", "completions"]
 DEFAULT_MAX_TOKENS = 512  # when neither the client nor the model's context gives a limit
+CLIENT_CLOSED = 499  # nginx's "client closed request": its own outcome, never a 5xx
+INLINE_TOKENIZE_CHARS = 4096  # prompts up to this size are counted on the event loop; longer ones in a thread
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its answer was sent (counted as 499)."""
+
+
+class QueueTimeout(GatewayError):
+    """No concurrency slot freed up within ``queue_timeout_s`` (503: retry, ideally elsewhere)."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "queue_timeout"
 
 
 class ConcurrencyLimiter:
-    """At most ``limit`` requests execute; at most ``queue`` wait; the rest get 429 at once."""
+    """At most ``limit`` requests execute; at most ``queue`` wait (each at most ``timeout``); the rest get 429."""
 
     def __init__(self, limit: int, queue: int, metrics: Metrics):
         self._sem = asyncio.Semaphore(limit)
         self._queue = queue
         self._waiting = 0
         self._metrics = metrics
+        self.in_use = 0
+        """Slots held right now (0 when idle: every path releases what it took)."""
 
-    async def acquire(self) -> None:
+    async def acquire(self, timeout: float) -> None:
         if self._sem.locked() and self._waiting >= self._queue:
             raise RateLimitError("The server is at its concurrency limit and its queue is full; retry shortly.")
         self._waiting += 1
         self._metrics.queued.set(self._waiting)
         try:
-            await self._sem.acquire()
+            await asyncio.wait_for(self._sem.acquire(), timeout=max(timeout, 0.001))
+        except TimeoutError:
+            raise QueueTimeout("No capacity freed up in time (queued too long); retry shortly.") from None
         finally:
             self._waiting -= 1
             self._metrics.queued.set(self._waiting)
+        self.in_use += 1
 
     def release(self) -> None:
+        self.in_use -= 1
         self._sem.release()
 
 
 class RequestLog:
-    """Opt-in JSONL log of requests, routes and answers (the router's retraining data)."""
+    """Opt-in JSONL log of requests, routes and answers (the router's retraining data).
 
-    def __init__(self, path: Path):
+    It holds prompts and answers, so the file is created owner-only (0600) and rotated by size (``path.1`` ...
+    ``path.N``); lines are UTF-8 with any lone surrogate replaced, so a strange string never fails a served request.
+    """
+
+    def __init__(self, path: Path, *, max_bytes: int = 0, backups: int = 5):
         self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = asyncio.Lock()
 
-    async def write(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, ensure_ascii=False) + "\n"
+    async def write(self, records: list[dict[str, Any]]) -> None:
+        data = b"".join((json.dumps(r, ensure_ascii=False) + "\n").encode("utf-8", errors="replace") for r in records)
         async with self._lock:
-            await asyncio.to_thread(self._append, line)
+            await asyncio.to_thread(self._append, data)
 
-    def _append(self, line: str) -> None:
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(line)
+    def _append(self, data: bytes) -> None:
+        if self.max_bytes and self.path.exists() and self.path.stat().st_size + len(data) > self.max_bytes:
+            self._rotate()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # a file created before (or by another umask) is tightened too
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+
+    def _rotate(self) -> None:
+        if self.backups <= 0:
+            self.path.unlink(missing_ok=True)
+            return
+        for i in range(self.backups - 1, 0, -1):
+            src = self.path.with_name(f"{self.path.name}.{i}")
+            if src.exists():
+                src.replace(self.path.with_name(f"{self.path.name}.{i + 1}"))
+        self.path.replace(self.path.with_name(f"{self.path.name}.1"))
 
 
 @dataclass
@@ -118,7 +167,19 @@ class OpenAIServing:
         self.holder = holder
         self.metrics = metrics
         self.limiter = ConcurrencyLimiter(settings.max_concurrency, settings.max_queue, metrics)
-        self.request_log = RequestLog(settings.request_log) if settings.request_log else None
+        self.request_log = (
+            RequestLog(
+                settings.request_log,
+                max_bytes=settings.request_log_max_bytes,
+                backups=settings.request_log_backups,
+            )
+            if settings.request_log
+            else None
+        )
+        self.active = 0
+        """Requests admitted and not yet finished (queued, running or streaming): what a drain waits for."""
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     # ------------------------------------------------------------------ entry points
     async def chat(self, body: ChatCompletionRequest, http: Request) -> Any:
@@ -128,9 +189,17 @@ class OpenAIServing:
     async def completions(self, body: CompletionRequest, http: Request) -> Any:
         return await self._serve("completions", body, list(body.prompts()), http, body.logprob_count())
 
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no request is in progress (a drain); False when ``timeout`` passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=max(timeout, 0.001))
+        except TimeoutError:
+            return False
+        return True
+
     # ------------------------------------------------------------------ shared path
-    def executor(self, model: str) -> Executor:
-        rt = self.holder.runtime
+    def executor(self, model: str, rt: Runtime | None = None) -> Executor:
+        rt = rt or self.holder.runtime
         if rt is None:
             raise NotReadyError("The gateway is still loading its models.")
         ex = rt.executors.get(model)
@@ -138,22 +207,69 @@ class OpenAIServing:
             raise ModelNotFoundError(f"The model `{model}` does not exist.", param="model")
         return ex
 
-    def _prepare(
+    def model_label(self, model: str, rt: Runtime | None = None) -> str:
+        """The metrics label for a requested model: its name when the spec serves it, else a fixed placeholder."""
+        rt = rt or self.holder.runtime
+        return model if rt is not None and model in rt.executors else UNKNOWN_MODEL
+
+    def _check_limits(
+        self, endpoint: Endpoint, body: ChatCompletionRequest | CompletionRequest, prompts: list[Prompt]
+    ) -> None:
+        """The configured request limits, and text Python can't encode (a lone surrogate is the client's mistake)."""
+        s = self.settings
+        param = "messages" if endpoint == "chat" else "prompt"
+        if endpoint == "chat" and len(prompts[0]) > s.max_messages:
+            raise InvalidRequestError(f"at most {s.max_messages} messages per request", param="messages")
+        if len(prompts) * body.n > s.max_prompts_times_n:
+            raise InvalidRequestError(
+                f"prompts x n = {len(prompts)} x {body.n} exceeds this server's limit of {s.max_prompts_times_n} "
+                "sequences per request; split the request",
+                param="n" if len(prompts) == 1 else "prompt",
+            )
+        texts = [t for p in prompts for t in _prompt_texts(p)]
+        chars = sum(len(t) for t in texts)
+        if chars > s.max_prompt_chars:
+            raise InvalidRequestError(
+                f"the prompt has {chars} characters; this server accepts at most {s.max_prompt_chars}", param=param
+            )
+        stops = body.stops()
+        if len(stops) > s.max_stop_sequences:
+            raise InvalidRequestError(f"at most {s.max_stop_sequences} stop sequences", param="stop")
+        if any(len(x) > s.max_stop_chars for x in stops):
+            raise InvalidRequestError(f"stop sequences must be at most {s.max_stop_chars} characters", param="stop")
+        for what, values in ((param, texts), ("stop", list(stops))):
+            for t in values:
+                try:
+                    t.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise InvalidRequestError(
+                        "the text contains a lone surrogate (invalid Unicode); send valid UTF-8", param=what
+                    ) from None
+
+    async def _prepare(
         self,
+        rt: Runtime,
         endpoint: Endpoint,
         body: ChatCompletionRequest | CompletionRequest,
         prompts: list[Prompt],
         logprobs: int | None,
     ) -> Job:
-        executor = self.executor(body.model)
+        executor = self.executor(body.model, rt)
+        self._check_limits(endpoint, body, prompts)
         prompt_param = "messages" if endpoint == "chat" else "prompt"
         limit = body.completion_limit()
         max_len = executor.max_model_len()
         max_tokens = limit
         for p in prompts:
-            if isinstance(p, list) and not any(m.get("role") == "user" for m in p) and executor.kind != "expert":
+            is_user = (isinstance(m, dict) and m.get("role") == "user" for m in p)
+            if isinstance(p, list) and not any(is_user) and executor.kind != "expert":
                 raise InvalidRequestError("ensembles need at least one user message", param="messages")
-            counted = executor.count_prompt_tokens(p)
+        size = sum(len(t) for p in prompts for t in _prompt_texts(p))
+        if size > INLINE_TOKENIZE_CHARS:  # a long prompt's tokenization would stall every other request
+            counts = await asyncio.to_thread(lambda: [executor.count_prompt_tokens(p) for p in prompts])
+        else:
+            counts = [executor.count_prompt_tokens(p) for p in prompts]
+        for counted in counts:
             if counted is None or max_len is None:
                 continue
             if counted >= max_len or (limit is not None and counted + limit > max_len):
@@ -208,15 +324,31 @@ class OpenAIServing:
         logprobs: int | None,
     ) -> Any:
         t0 = time.perf_counter()
+        deadline = t0 + self.settings.request_timeout_s
         prompt_param = "messages" if endpoint == "chat" else "prompt"
+        rt = self.holder.acquire()  # this request's runtime: a reload meanwhile doesn't touch its executors
+        if rt is None:
+            err = NotReadyError("The gateway is still loading its models.")
+            self._count(UNKNOWN_MODEL, endpoint, err.status, t0)
+            raise err
+        label = self.model_label(body.model, rt)
+        self._enter()
         try:
-            job = self._prepare(endpoint, body, prompts, logprobs)
-            await self.limiter.acquire()
+            job = await self._prepare(rt, endpoint, body, prompts, logprobs)
+            queue_wait = min(self.settings.queue_timeout_s, deadline - time.perf_counter())
+            await _until_disconnect(http, self.limiter.acquire(queue_wait))
         except BaseException as exc:
+            rt.exit()
+            self._leave()
+            if isinstance(exc, ClientDisconnected | asyncio.CancelledError):
+                self._count(label, endpoint, CLIENT_CLOSED, t0)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                return Response(status_code=CLIENT_CLOSED)
             err = to_gateway_error(exc, prompt_param=prompt_param)
-            self._count(body.model, endpoint, err.status, t0)
+            self._count(label, endpoint, err.status, t0)
             raise err from None
-        self.metrics.in_flight.labels(job.model).inc()
+        self.metrics.in_flight.labels(label).inc()
         released = False
 
         def release() -> None:
@@ -224,33 +356,46 @@ class OpenAIServing:
             if not released:
                 released = True
                 self.limiter.release()
-                self.metrics.in_flight.labels(job.model).dec()
+                self.metrics.in_flight.labels(label).dec()
+                rt.exit()
+                self._leave()
 
         try:
             if job.stream:
-                response = await self._start_stream(job, t0, release, prompt_param)
-                return response
-            choices = await _cancel_on_disconnect(
-                http, asyncio.wait_for(self._collect(job), timeout=self.settings.request_timeout_s)
-            )
+                return await self._start_stream(job, label, t0, deadline, release, prompt_param, http)
+            remaining = deadline - time.perf_counter()
+            choices = await _until_disconnect(http, asyncio.wait_for(self._collect(job), timeout=max(remaining, 0.001)))
         except BaseException as exc:
             release()
+            if isinstance(exc, ClientDisconnected | asyncio.CancelledError):
+                log.info("%s: client went away; its engine work was cancelled", job.request_id)
+                self._count(label, endpoint, CLIENT_CLOSED, t0)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                return Response(status_code=CLIENT_CLOSED)
             err = to_gateway_error(exc, prompt_param=prompt_param)
-            self._count(job.model, endpoint, err.status, t0)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+            self._count(label, endpoint, err.status, t0)
             raise err from None
         release()
-        self._count(job.model, endpoint, 200, t0)
+        self._count(label, endpoint, 200, t0)
         for c in choices:
-            self.metrics.observe_steps(job.model, c.steps)
+            self.metrics.observe_steps(label, c.steps)
         await self._log(job, choices, 200)
         payload = self._final_body(job, choices)
         return JSONResponse(payload, headers=_route_headers(choices))
 
-    def _count(self, model: str, endpoint: Endpoint, status: int, t0: float) -> None:
-        self.metrics.requests.labels(model, endpoint, str(status)).inc()
-        self.metrics.latency.labels(model, endpoint).observe(time.perf_counter() - t0)
+    def _enter(self) -> None:
+        self.active += 1
+        self._idle.clear()
+
+    def _leave(self) -> None:
+        self.active -= 1
+        if self.active <= 0:
+            self._idle.set()
+
+    def _count(self, label: str, endpoint: Endpoint, status: int, t0: float) -> None:
+        self.metrics.requests.labels(label, endpoint, str(status)).inc()
+        self.metrics.latency.labels(label, endpoint).observe(time.perf_counter() - t0)
 
     async def _collect(self, job: Job) -> list[Choice]:
         async def one(index: int, run: ExecRequest) -> Choice:
@@ -262,8 +407,18 @@ class OpenAIServing:
         return list(await asyncio.gather(*(one(i, r) for i, r in enumerate(job.runs))))
 
     # ------------------------------------------------------------------ streaming
-    async def _start_stream(self, job: Job, t0: float, release: Callable[[], None], prompt_param: str) -> Any:
-        queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+    async def _start_stream(
+        self,
+        job: Job,
+        label: str,
+        t0: float,
+        deadline: float,
+        release: Callable[[], None],
+        prompt_param: str,
+        http: Request,
+    ) -> Any:
+        # bounded: a client that stops reading makes the runs wait here, it doesn't grow the gateway's memory
+        queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue(maxsize=self.settings.stream_buffer_events)
         DONE = object()
 
         async def pump(index: int, run: ExecRequest) -> None:
@@ -272,35 +427,36 @@ class OpenAIServing:
                     await queue.put((index, event))
             except asyncio.CancelledError:
                 raise
-            except BaseException as exc:
+            except Exception as exc:
                 await queue.put((index, exc))
             else:
                 await queue.put((index, DONE))
 
         tasks = [asyncio.create_task(pump(i, r)) for i, r in enumerate(job.runs)]
-        deadline = time.perf_counter() + self.settings.request_timeout_s
+
+        def cancel_runs() -> None:
+            for t in tasks:
+                t.cancel()
 
         async def next_item() -> tuple[int, Any]:
             remaining = deadline - time.perf_counter()
             return await asyncio.wait_for(queue.get(), timeout=max(remaining, 0.001))
 
         try:
-            first = await next_item()
+            first = await _until_disconnect(http, next_item())
         except BaseException:
-            for t in tasks:
-                t.cancel()
+            cancel_runs()
             raise
         if isinstance(first[1], BaseException):
-            for t in tasks:
-                t.cancel()
+            cancel_runs()
             raise first[1]
+        outcome = {"status": 200}
 
         async def body() -> AsyncIterator[str]:
             choices = [Choice(index=i, logprobs=[] if job.want_logprobs else None) for i in range(len(job.runs))]
             started = [False] * len(job.runs)
             last_emit: list[float | None] = [None] * len(job.runs)
             open_runs = len(job.runs)
-            status = 200
             item: tuple[int, Any] | None = first
             try:
                 while open_runs:
@@ -327,9 +483,9 @@ class OpenAIServing:
                     if event.text or event.logprobs:
                         previous = last_emit[index]
                         if previous is None:
-                            self.metrics.ttft.labels(job.model).observe(now_t - t0)
+                            self.metrics.ttft.labels(label).observe(now_t - t0)
                         else:
-                            self.metrics.itl.labels(job.model).observe(now_t - previous)
+                            self.metrics.itl.labels(label).observe(now_t - previous)
                         last_emit[index] = now_t
                         yield self._sse(job, self._chunk_choice(job, index, text=event.text, logprobs=event.logprobs))
                     if event.finish_reason is not None:
@@ -339,26 +495,27 @@ class OpenAIServing:
                     usage = _usage(choices)
                     yield self._sse(job, None, usage=usage, extra={"swarmgate": self._route_field(job, choices)})
                 for c in choices:
-                    self.metrics.observe_steps(job.model, c.steps)
+                    self.metrics.observe_steps(label, c.steps)
                 await self._log(job, choices, 200)
-            except asyncio.CancelledError:
-                status = 499  # client closed the stream
-                raise
-            except BaseException as exc:
+            except Exception as exc:  # not GeneratorExit / CancelledError: closing the stream is not an error
                 err = to_gateway_error(exc, prompt_param=prompt_param)
-                status = err.status
+                outcome["status"] = err.status
                 yield sse_error_frame(err)
-            finally:
-                for t in tasks:
-                    t.cancel()
-                release()
-                self._count(job.model, job.endpoint, status, t0)
             yield "data: [DONE]\n\n"
 
-        return StreamingResponse(
+        def finish(reason: str | None) -> None:
+            cancel_runs()
+            release()
+            status = CLIENT_CLOSED if reason is not None else outcome["status"]
+            if reason is not None:
+                log.info("%s: %s; its engine work was cancelled", job.request_id, reason)
+            self._count(label, job.endpoint, status, t0)
+
+        return EventStreamResponse(
             body(),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            on_end=finish,
+            idle_timeout_s=self.settings.stream_idle_timeout_s,
+            deadline=deadline,
         )
 
     def _sse(
@@ -434,26 +591,49 @@ class OpenAIServing:
         }
 
     async def _log(self, job: Job, choices: list[Choice], status: int) -> None:
+        """One record per prompt, with that prompt's choices and routes (``index``: position in the record)."""
         if self.request_log is None:
             return
-        first_prompt = job.prompts[0]
-        record = {
-            "ts": time.time(),
-            "request_id": job.request_id,
-            "model": job.model,
-            "kind": job.executor.kind,
-            "endpoint": job.endpoint,
-            "question": question_of(first_prompt),
-            "prompt": first_prompt,
-            "choices": [{"index": c.index, "text": c.text, "finish_reason": c.finish_reason} for c in choices],
-            "route": [[s.public() for s in c.steps] for c in choices],
-            "usage": _usage(choices),
-            "status": status,
-        }
+        records = []
+        for p_index, prompt in enumerate(job.prompts):
+            mine = [c for c in choices if c.index // job.n == p_index]
+            records.append(
+                {
+                    "ts": time.time(),
+                    "request_id": job.request_id,
+                    "model": job.model,
+                    "kind": job.executor.kind,
+                    "endpoint": job.endpoint,
+                    "prompt_index": p_index,
+                    "question": question_of(prompt),
+                    "prompt": prompt,
+                    "choices": [
+                        {"index": i, "choice_index": c.index, "text": c.text, "finish_reason": c.finish_reason}
+                        for i, c in enumerate(mine)
+                    ],
+                    "route": [[s.public() for s in c.steps] for c in mine],
+                    "usage": _usage(mine),
+                    "status": status,
+                }
+            )
         try:
-            await self.request_log.write(record)
-        except OSError:
+            await self.request_log.write(records)
+        except Exception:  # the answer was served; a log problem must not turn it into an error
             log.exception("request log write failed (the request was served)")
+
+
+def _prompt_texts(prompt: Any) -> list[str]:
+    """The client-supplied text of one prompt: the string, or every message's content (other shapes: none)."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if not isinstance(prompt, list):
+        return []
+    out = []
+    for m in prompt:
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, str):
+            out.append(content)
+    return out
 
 
 def _apply(choice: Choice, event: Chunk | StepInfo) -> None:
@@ -514,22 +694,119 @@ def _logprobs_payload(endpoint: Endpoint, lps: list[TokenLogprob] | None) -> dic
     }
 
 
-async def _cancel_on_disconnect(http: Request, work: Awaitable[Any]) -> Any:
-    """Run ``work``; cancel it if the client goes away first (non-streaming requests)."""
+class EventStreamResponse(Response):
+    """Server-Sent Events that always end cleanly: one ``on_end`` call, whatever happens.
+
+    ``on_end(None)`` after the last frame was sent; ``on_end(reason)`` when the client disconnected, the server's
+    ``send`` failed (ASGI 2.4 servers raise ``OSError``), or the client read nothing for ``idle_timeout_s`` (its
+    socket buffer stayed full). The frames' generator is closed in every case.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        frames: AsyncIterator[str],
+        *,
+        on_end: Callable[[str | None], None],
+        idle_timeout_s: float,
+        deadline: float,
+    ):
+        self.frames = frames
+        self.on_end = on_end
+        self.idle_timeout_s = idle_timeout_s
+        self.deadline = deadline  # perf_counter time past which no send may wait
+        self.status_code = 200
+        self.background = None
+        self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        reason: str | None = "the stream was cancelled"
+        sender = asyncio.ensure_future(self._send_all(send))
+        watcher = asyncio.ensure_future(_wait_disconnect(receive))
+        try:
+            done, _ = await asyncio.wait({sender, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if sender in done:
+                sender.result()
+                reason = None
+            else:
+                reason = "client disconnected"
+        except _SendStalled:
+            reason = f"client read nothing for {self.idle_timeout_s:g} s"
+        except OSError:
+            reason = "client disconnected (send failed)"
+        except Exception as exc:
+            reason = f"stream failed: {type(exc).__name__}"
+            log.exception("event stream failed")
+        finally:
+            try:
+                for t in (sender, watcher):
+                    t.cancel()
+                await asyncio.gather(sender, watcher, return_exceptions=True)
+                aclose = getattr(self.frames, "aclose", None)
+                if aclose is not None:
+                    try:
+                        await aclose()
+                    except Exception:  # pragma: no cover - closing must not hide the outcome
+                        log.exception("closing the event stream")
+            finally:
+                self.on_end(reason)
+
+    async def _send_all(self, send: Send) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(None) as budget:  # armed only while a send waits for the client
+
+                async def timed(message: Any) -> None:
+                    room = min(self.idle_timeout_s, self.deadline - time.perf_counter())
+                    budget.reschedule(loop.time() + max(room, 0.001))
+                    await send(message)
+                    budget.reschedule(None)
+
+                await timed({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+                async for frame in self.frames:
+                    await timed({"type": "http.response.body", "body": frame.encode("utf-8"), "more_body": True})
+                await timed({"type": "http.response.body", "body": b"", "more_body": False})
+        except TimeoutError:
+            raise _SendStalled from None
+
+
+class _SendStalled(Exception):
+    """The client stopped reading (a send waited past the idle timeout)."""
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _until_disconnect(http: Request, work: Awaitable[Any]) -> Any:
+    """Run ``work``; cancel it and raise ClientDisconnected if the client goes away first."""
     task = asyncio.ensure_future(work)
+    gone = False
 
     async def watch() -> None:
+        nonlocal gone
         while not task.done():
             if await http.is_disconnected():
+                gone = True
                 task.cancel()
                 return
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.1)
 
     watcher = asyncio.create_task(watch())
     try:
         return await task
+    except asyncio.CancelledError:
+        if gone:
+            raise ClientDisconnected() from None
+        raise
     finally:
         watcher.cancel()
+        if not task.done():
+            task.cancel()
 
 
-__all__ = ["GatewayError", "OpenAIServing"]
+__all__ = ["ClientDisconnected", "EventStreamResponse", "GatewayError", "OpenAIServing"]
