@@ -33,11 +33,14 @@ from gateway.engines.base import (
     Chunk,
     Engine,
     EngineError,
+    InvalidEngineRequest,
     Prompt,
     PromptTooLong,
     SamplingParams,
+    StructuredOutput,
     TokenLogprob,
 )
+from gateway.engines.sampling import ConstraintCompiler, process, prompt_logprobs, sample
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,13 @@ class _GenRequest:
     generated: list[int] = field(default_factory=list)
     sent_chars: int = 0
     finished: bool = False
+    constraint: Any = None
+    """Structured-output grammar state (``sampling.Constraint``), when the request has a ``response_format``."""
+    all_ids: list[int] = field(default_factory=list)
+    """Every sampled token (EOS included): the penalties' history and, for final-only requests, the one chunk's ids."""
+    pending_lps: list[TokenLogprob] = field(default_factory=list)
+    """Final-only requests: logprobs held for the one chunk at the end."""
+    prompt_logprobs: list[dict[str, Any] | None] | None = None
 
     def emit(self, item: Chunk | BaseException | None) -> None:
         self.loop.call_soon_threadsafe(self.out.put_nowait, item)
@@ -73,6 +83,23 @@ class _Call:
 
 class TransformersEngine(Engine):
     kind = "transformers"
+    supported_fields = frozenset(
+        {
+            "seed",
+            "logprobs",
+            "presence_penalty",
+            "frequency_penalty",
+            "repetition_penalty",
+            "top_k",
+            "min_p",
+            "min_tokens",
+            "logit_bias",
+            "ignore_eos",
+            "prompt_logprobs",
+            "response_format",
+        }
+    )
+    """Everything but ``tools`` (no tool parser runs on this engine)."""
 
     def __init__(
         self,
@@ -95,8 +122,12 @@ class TransformersEngine(Engine):
         self.tokenizer: Any = None
         self.model: Any = None
         self._peft = False
-        self._adapters: OrderedDict[str, str] = OrderedDict()  # name -> path, LRU order
+        self._adapters: OrderedDict[str, str] = OrderedDict()  # name -> path, LRU order (changed on the worker only)
+        self._adapters_lock = threading.Lock()  # the event loop reads the LRU while the worker changes it
+        self.in_flight = 0
+        """Generations running or queued (0 when idle: a cancelled request leaves no work behind)."""
         self._eos_ids: set[int] = set()
+        self._compiler: ConstraintCompiler | None = None  # structured outputs (xgrammar), built on first use
         self._jobs: queue.Queue[_GenRequest | _Call | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._start_lock = asyncio.Lock()
@@ -149,20 +180,43 @@ class TransformersEngine(Engine):
         log.info("transformers engine loaded %s (max_model_len=%d)", self.model_path, self._max_model_len)
 
     async def close(self) -> None:
-        if self._thread is None:
-            return
-        self._jobs.put(None)
-        await asyncio.to_thread(self._thread.join, 30)
-        self._thread = None
-        self.model = None
+        async with self._start_lock:  # never races a start()
+            if self._thread is None:
+                return
+            self._jobs.put(None)
+            await asyncio.to_thread(self._thread.join, 30)
+            self._thread = None
+            self.model = None
+            while True:  # work queued behind the stop marker fails now instead of waiting forever
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(job, _GenRequest) and not job.finished:
+                    job.finished = True
+                    job.emit(EngineError("transformers engine closed"))
+                elif isinstance(job, _Call):
+                    job.loop.call_soon_threadsafe(
+                        lambda f=job.future: f.done() or f.set_exception(EngineError("transformers engine closed"))
+                    )
 
     # ---------------------------------------------------------------- prompts
     def render_prompt(self, prompt: Prompt) -> str:
         if isinstance(prompt, str):
             return prompt
+        if isinstance(prompt, tuple):  # token ids
+            return self.tokenizer.decode(list(prompt))
         return self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
 
     def tokenize(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, tuple):  # token ids (/v1/completions): exactly these, checked against the vocabulary
+            vocab = int(self.model.config.vocab_size)
+            bad = [t for t in prompt if not 0 <= int(t) < vocab]
+            if bad:
+                raise InvalidEngineRequest(
+                    f"token ids {bad[:5]} are outside the vocabulary (0..{vocab - 1})", param="prompt"
+                )
+            return [int(t) for t in prompt]
         text = self.render_prompt(prompt)
         return list(self.tokenizer(text, add_special_tokens=isinstance(prompt, str))["input_ids"])
 
@@ -183,10 +237,17 @@ class TransformersEngine(Engine):
         ids = self.tokenize(prompt)
         if len(ids) + params.max_tokens > self.max_model_len:
             raise PromptTooLong(len(ids), params.max_tokens, self.max_model_len)
+        unsupported = self.unsupported(params)
+        if unsupported:
+            raise InvalidEngineRequest(f"the transformers engine can't honour '{unsupported[0]}'", param=unsupported[0])
+        constraint = None
+        if params.structured is not None:
+            constraint = await asyncio.to_thread(self._constraint, params.structured)
         if adapter is not None:
             await self._ensure_adapter(adapter)
         loop = asyncio.get_running_loop()
-        req = _GenRequest(ids, params, adapter, loop, asyncio.Queue())
+        req = _GenRequest(ids, params, adapter, loop, asyncio.Queue(), constraint=constraint)
+        self.in_flight += 1
         self._jobs.put(req)
         try:
             while True:
@@ -197,6 +258,7 @@ class TransformersEngine(Engine):
                     raise item
                 yield item
         finally:
+            self.in_flight -= 1
             req.cancelled.set()  # client gone or consumer closed: the worker drops the row at its next step
 
     async def next_token_logprobs(self, prompt: str | list[int], *, adapter: Adapter | None = None) -> Any:
@@ -218,8 +280,9 @@ class TransformersEngine(Engine):
 
     # ---------------------------------------------------------------- adapters
     async def _ensure_adapter(self, adapter: Adapter) -> None:
-        if adapter.name in self._adapters:
-            return
+        with self._adapters_lock:
+            if adapter.name in self._adapters:
+                return  # the worker re-checks before each batch (it may evict meanwhile)
         if not (Path(adapter.path) / "adapter_config.json").is_file():
             raise EngineError(f"adapter {adapter.name!r}: no PEFT adapter at {adapter.path}")
         problem = adapter_mismatch(adapter.path, self.model_path)
@@ -231,7 +294,8 @@ class TransformersEngine(Engine):
         from peft import PeftModel
 
         if adapter.name in self._adapters:
-            self._adapters.move_to_end(adapter.name)
+            with self._adapters_lock:
+                self._adapters.move_to_end(adapter.name)
             return
         try:
             if not self._peft:
@@ -244,7 +308,8 @@ class TransformersEngine(Engine):
             raise EngineError(
                 f"adapter {adapter.name!r} at {adapter.path} does not fit {self.model_path}: {exc}"
             ) from exc
-        self._adapters[adapter.name] = adapter.path
+        with self._adapters_lock:
+            self._adapters[adapter.name] = adapter.path
 
     def _evict(self, keep: set[str]) -> None:
         while len(self._adapters) > self.max_adapters:
@@ -252,15 +317,17 @@ class TransformersEngine(Engine):
             if victim is None:
                 return
             self.model.delete_adapter(victim)
-            del self._adapters[victim]
+            with self._adapters_lock:
+                del self._adapters[victim]
 
     def _adapter_kwargs(self, adapters: list[Adapter | None]) -> dict[str, Any]:
         if not self._peft:
             return {}
         names = [a.name if a is not None else BASE_ADAPTER for a in adapters]
-        for n in names:
-            if n in self._adapters:
-                self._adapters.move_to_end(n)
+        with self._adapters_lock:
+            for n in names:
+                if n in self._adapters:
+                    self._adapters.move_to_end(n)
         return {"adapter_names": names}
 
     # ---------------------------------------------------------------- worker thread
@@ -322,6 +389,9 @@ class TransformersEngine(Engine):
         live = [r for r in batch if not r.cancelled.is_set()]
         if not live:
             return
+        for r in live:  # evicted since the event loop saw it loaded (another batch needed the room): load it again
+            if r.adapter is not None and r.adapter.name not in self._adapters:
+                self._load_adapter(r.adapter)
         if self._peft:
             self._evict({r.adapter.name for r in live if r.adapter is not None})
         pad = self.tokenizer.pad_token_id
@@ -352,6 +422,16 @@ class TransformersEngine(Engine):
                     **adapter_kwargs,
                 )
                 cache = out.past_key_values
+                if step_ids is input_ids:  # the prefill: prompt logprobs, for rows that asked
+                    for i, r in enumerate(live):
+                        if r.params.prompt_logprobs is not None:
+                            n = len(r.prompt_ids)
+                            r.prompt_logprobs = prompt_logprobs(
+                                out.logits[i, width - n :].cpu(),
+                                r.prompt_ids,
+                                r.params.prompt_logprobs,
+                                self._token_text,
+                            )
                 logits = out.logits[:, -1, :].float().cpu()
                 next_ids = torch.full((rows,), pad, dtype=torch.long)
                 for i, r in enumerate(live):
@@ -360,7 +440,7 @@ class TransformersEngine(Engine):
                     if r.cancelled.is_set():
                         r.finished = True
                         continue
-                    token = self._sample(logits[i], r.params, gens[i])
+                    token = self._pick(r, logits[i], gens[i])
                     next_ids[i] = token
                     self._advance(r, token, logits[i])
                 if all(r.finished for r in live):
@@ -369,27 +449,31 @@ class TransformersEngine(Engine):
                 step_pos = step_pos[:, -1:] + 1
                 mask = torch.cat([mask, torch.ones((rows, 1), dtype=torch.long)], dim=1)
 
-    @staticmethod
-    def _sample(logits: Any, params: SamplingParams, gen: Any) -> int:
-        import torch
+    def _pick(self, r: _GenRequest, logits: Any, gen: Any) -> int:
+        """One row's next token: its logits processed as vLLM does (grammar, bias, penalties, ...), then sampled."""
+        p = r.params
+        plain = not (p.logit_bias or p.min_tokens or p.frequency_penalty or p.presence_penalty)
+        if r.constraint is None and plain and p.repetition_penalty == 1.0:
+            return sample(logits, p, gen)
+        x = process(
+            logits, p, prompt_ids=r.prompt_ids, output_ids=r.all_ids, eos_ids=self._eos_ids, constraint=r.constraint
+        )
+        token = sample(x, p, gen)
+        if r.constraint is not None:
+            r.constraint.accept(token)
+        return token
 
-        if params.temperature <= 0:
-            return int(torch.argmax(logits))
-        probs = torch.softmax(logits / params.temperature, dim=-1)
-        if params.top_p < 1.0:
-            sorted_p, order = torch.sort(probs, descending=True)
-            keep = sorted_p.cumsum(-1) - sorted_p < params.top_p
-            keep[0] = True
-            filtered = torch.zeros_like(probs)
-            filtered[order[keep]] = sorted_p[keep]
-            probs = filtered / filtered.sum()
-        return int(torch.multinomial(probs, 1, generator=gen))
+    def _constraint(self, structured: StructuredOutput) -> Any:
+        if self._compiler is None:
+            self._compiler = ConstraintCompiler(self.tokenizer, int(self.model.config.vocab_size), self._eos_ids)
+        return self._compiler.constraint(structured)
 
     def _advance(self, r: _GenRequest, token: int, logits: Any) -> None:
         """Append a token to a row; emit the new text (holding back what may start a stop string)."""
         import torch
 
-        is_eos = token in self._eos_ids
+        r.all_ids.append(token)
+        is_eos = token in self._eos_ids and not r.params.ignore_eos
         lp: list[TokenLogprob] | None = None
         if r.params.logprobs is not None:
             logp = torch.log_softmax(logits, dim=-1)
@@ -403,7 +487,7 @@ class TransformersEngine(Engine):
             r.generated.append(token)
         text = self.tokenizer.decode(r.generated, skip_special_tokens=True)
         finish: str | None = None
-        stop_at = _find_stop(text, r.params.stop, r.sent_chars)
+        stop_at = _find_stop(text, r.params.stop, r.sent_chars) if len(r.all_ids) >= r.params.min_tokens else None
         if stop_at is not None:
             text, finish = text[:stop_at], "stop"
         elif is_eos:
@@ -420,12 +504,21 @@ class TransformersEngine(Engine):
             emit_to = len(text)
         delta = text[r.sent_chars : emit_to]
         r.sent_chars = max(r.sent_chars, emit_to)
-        chunk = Chunk(text=delta, token_ids=[token], logprobs=lp)
+        if r.params.final_only:  # one chunk at the end: the whole text, every token, every logprob
+            if lp:
+                r.pending_lps.extend(lp)
+            if finish is None:
+                return
+            lps = r.pending_lps if r.params.logprobs is not None else None
+            chunk = Chunk(text=text, token_ids=list(r.all_ids), logprobs=lps)
+        else:
+            chunk = Chunk(text=delta, token_ids=[token], logprobs=lp)
         if finish is not None:
             r.finished = True
             chunk.finish_reason = finish  # type: ignore[assignment]
             chunk.prompt_tokens = len(r.prompt_ids)
             chunk.completion_tokens = len(r.generated) + (1 if is_eos else 0)
+            chunk.prompt_logprobs = r.prompt_logprobs
             r.emit(chunk)
             r.emit(None)
         elif delta or lp:
