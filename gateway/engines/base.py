@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import json
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 Prompt = str | list[dict[str, Any]]
-FinishReason = Literal["stop", "length", "abort"]
+FinishReason = Literal["stop", "length", "abort", "tool_calls"]
+TokenPrompt = list[int]
+"""A prompt given as token ids (``/v1/completions``); engines that take ids accept it where ``Prompt`` is typed."""
 
 
 class EngineError(Exception):
@@ -33,6 +36,11 @@ class EngineTimeout(EngineError):
 
 class InvalidEngineRequest(ValueError):
     """The engine refuses the request itself (sampling settings it can't honour, no chat template): HTTP 400."""
+
+    def __init__(self, message: str, *, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+        """The request field at fault, when one is."""
 
 
 class PromptTooLong(InvalidEngineRequest):
@@ -50,8 +58,52 @@ class PromptTooLong(InvalidEngineRequest):
 
 
 @dataclass(frozen=True)
+class StructuredOutput:
+    """A constraint on the generated text (OpenAI's ``response_format``): JSON, optionally matching a schema."""
+
+    kind: Literal["json_object", "json_schema"]
+    """``json_object``: any JSON object; ``json_schema``: JSON valid against ``schema``."""
+    schema: str | None = None
+    """The JSON schema as JSON text (``json_schema`` only; text keeps the params hashable)."""
+    name: str = "response"
+    """The schema's name, as the client gave it (passed on to remote servers)."""
+    strict: bool | None = None
+    """The client's ``strict`` flag (passed on to remote servers; local engines always decode strictly)."""
+
+    def to_openai(self) -> dict[str, Any]:
+        """OpenAI's ``response_format`` body for this constraint."""
+        if self.kind == "json_object":
+            return {"type": "json_object"}
+        spec: dict[str, Any] = {"name": self.name, "schema": json.loads(self.schema or "{}")}
+        if self.strict is not None:
+            spec["strict"] = self.strict
+        return {"type": "json_schema", "json_schema": spec}
+
+
+@dataclass(frozen=True)
+class ToolRequest:
+    """Tools the model may call (OpenAI's ``tools`` / ``tool_choice`` / ``parallel_tool_calls``), as JSON text."""
+
+    tools: str
+    """JSON list of ``{"type": "function", "function": {...}}``."""
+    tool_choice: str = '"auto"'
+    """JSON: ``"auto"``, ``"none"``, ``"required"`` or ``{"type": "function", "function": {"name": ...}}``."""
+    parallel_tool_calls: bool | None = None
+
+    def tool_list(self) -> list[dict[str, Any]]:
+        return list(json.loads(self.tools))
+
+    def choice(self) -> Any:
+        return json.loads(self.tool_choice)
+
+
+@dataclass(frozen=True)
 class SamplingParams:
-    """Sampling settings for one sequence (``n`` is fanned out above the engine)."""
+    """Sampling settings for one sequence (``n`` is fanned out above the engine).
+
+    Defaults mean "off", so an engine can tell which fields a request actually uses (``used_fields``) and refuse the
+    ones it can't honour (``Engine.supported_fields``) instead of silently ignoring them.
+    """
 
     max_tokens: int = 64
     """Most tokens to generate."""
@@ -65,9 +117,56 @@ class SamplingParams:
     """Per-request seed: the same seed and prompt give the same sample."""
     logprobs: int | None = None
     """If set, return the chosen token's logprob and this many top alternatives per step."""
+    presence_penalty: float = 0.0
+    """Subtracted once from the logit of every token already generated (OpenAI semantics, [-2, 2])."""
+    frequency_penalty: float = 0.0
+    """Subtracted from a token's logit once per time it was generated (OpenAI semantics, [-2, 2])."""
+    repetition_penalty: float = 1.0
+    """Divides positive / multiplies negative logits of tokens in the prompt or output (CTRL / HF / vLLM; 1 = off)."""
+    top_k: int = 0
+    """Sample from the k most likely tokens only (0 = off)."""
+    min_p: float = 0.0
+    """Drop tokens whose probability is below ``min_p`` times the top token's (0 = off)."""
+    min_tokens: int = 0
+    """Generate at least this many tokens before EOS or a stop string may end the sequence."""
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    """(token id, bias) pairs added to the logits before sampling (OpenAI's ``logit_bias``, bias in [-100, 100])."""
+    ignore_eos: bool = False
+    """Keep generating past EOS until ``max_tokens`` (benchmarks)."""
+    prompt_logprobs: int | None = None
+    """If set, also return each prompt token's logprob and this many top alternatives (vLLM's extension)."""
+    structured: StructuredOutput | None = None
+    """Constrain the output (``response_format``)."""
+    tools: ToolRequest | None = None
+    """Tools the model may call; the engine returns ``tool_calls`` instead of text when it calls one."""
+    final_only: bool = False
+    """The caller wants the finished result only (a non-streaming request): an engine may deliver one chunk at the
+    end instead of every increment (vLLM's ``RequestOutputKind.FINAL_ONLY``), which saves per-token work."""
 
     def greedy(self) -> SamplingParams:
         return replace(self, temperature=0.0, top_p=1.0, seed=None)
+
+    def used_fields(self) -> list[str]:
+        """The request fields (OpenAI / vLLM names) this request sets to something other than "off"."""
+        return [name for name, on in _USED.items() if on(self)]
+
+
+_USED: dict[str, Any] = {
+    "presence_penalty": lambda p: p.presence_penalty != 0.0,
+    "frequency_penalty": lambda p: p.frequency_penalty != 0.0,
+    "repetition_penalty": lambda p: p.repetition_penalty != 1.0,
+    "top_k": lambda p: p.top_k not in (0, -1),
+    "min_p": lambda p: p.min_p != 0.0,
+    "min_tokens": lambda p: p.min_tokens > 0,
+    "logit_bias": lambda p: bool(p.logit_bias),
+    "ignore_eos": lambda p: p.ignore_eos,
+    "prompt_logprobs": lambda p: p.prompt_logprobs is not None,
+    "response_format": lambda p: p.structured is not None,
+    "tools": lambda p: p.tools is not None,
+    "seed": lambda p: p.seed is not None and p.temperature > 0,
+    "logprobs": lambda p: p.logprobs is not None,
+}
+"""Request field -> "does this request use it"; what ``Engine.supported_fields`` is checked against."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +192,12 @@ class Chunk:
     """Set on the last chunk: tokens in the prompt."""
     completion_tokens: int = 0
     """Set on the last chunk: tokens generated."""
+    tool_calls: list[dict[str, Any]] | None = None
+    """Tool calls (OpenAI's shape, each with ``index``, ``id``, ``type``, ``function``): whole calls, or for engines
+    that stream them, increments of ``function.arguments`` keyed by ``index``."""
+    prompt_logprobs: list[dict[str, Any] | None] | None = None
+    """Set on the last chunk when asked for: per prompt token, None for the first, else vLLM's shape
+    ``{token_id: {"logprob", "rank", "decoded_token"}}``."""
 
 
 @dataclass
@@ -105,6 +210,8 @@ class Completion:
     completion_tokens: int
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    prompt_logprobs: list[dict[str, Any] | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +226,25 @@ class Engine(abc.ABC):
     """One base model, any number of LoRA adapters, async generation."""
 
     kind: str = "abstract"
+    supported_fields: frozenset[str] = frozenset({"seed", "logprobs"})
+    """Optional request fields (``SamplingParams.used_fields`` names) this engine honours; the rest are refused."""
+
+    def unsupported(self, params: SamplingParams) -> list[str]:
+        """The fields ``params`` uses that this engine can't honour (each becomes a 400 naming the field)."""
+        return [f for f in params.used_fields() if f not in self.supported_fields]
+
+    def chat_frame(self) -> tuple[str, str] | None:
+        """(prefix, suffix) the chat template puts around one user message's content, generation prompt included;
+        None when the engine renders no template locally. How ensembles keep a raw completion prompt's format."""
+        marker = "\x00swarmgate-content\x00"
+        try:
+            text = self.render_prompt([{"role": "user", "content": marker}])
+        except Exception:  # no chat template, not started, remote engine
+            return None
+        if not isinstance(text, str) or text.count(marker) != 1:
+            return None
+        prefix, suffix = text.split(marker)
+        return prefix, suffix
 
     @property
     @abc.abstractmethod
@@ -170,12 +296,17 @@ class Engine(abc.ABC):
         parts: list[str] = []
         ids: list[int] = []
         lps: list[TokenLogprob] | None = [] if params.logprobs is not None else None
+        calls: list[dict[str, Any]] = []
         last: Chunk | None = None
+        if not params.final_only:
+            params = replace(params, final_only=True)
         async for chunk in self.stream(prompt, params, adapter=adapter, request_id=request_id):
             parts.append(chunk.text)
             ids.extend(chunk.token_ids)
             if lps is not None and chunk.logprobs:
                 lps.extend(chunk.logprobs)
+            if chunk.tool_calls:
+                merge_tool_calls(calls, chunk.tool_calls)
             last = chunk
         if last is None or last.finish_reason is None:
             raise EngineError(f"{self.kind} engine ended a stream without a finish reason")
@@ -186,6 +317,8 @@ class Engine(abc.ABC):
             completion_tokens=last.completion_tokens,
             token_ids=ids,
             logprobs=lps,
+            tool_calls=calls or None,
+            prompt_logprobs=last.prompt_logprobs,
         )
 
     async def complete_batch(

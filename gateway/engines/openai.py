@@ -43,6 +43,7 @@ from gateway.engines.base import (
     EngineError,
     EngineTimeout,
     FinishReason,
+    InvalidEngineRequest,
     Prompt,
     PromptTooLong,
     SamplingParams,
@@ -81,6 +82,24 @@ class OpenAIEngine(Engine):
     """A remote OpenAI-compatible server, one base model (``model`` is its served name)."""
 
     kind = "openai"
+    supported_fields = frozenset(
+        {
+            "seed",
+            "logprobs",
+            "presence_penalty",
+            "frequency_penalty",
+            "logit_bias",
+            "response_format",
+            "tools",
+            # vLLM's extensions, passed through as top-level fields (a vLLM server honours them)
+            "repetition_penalty",
+            "top_k",
+            "min_p",
+            "min_tokens",
+            "ignore_eos",
+        }
+    )
+    """Passed through to the server. Not ``prompt_logprobs``: servers don't return them on a stream."""
 
     def __init__(
         self,
@@ -190,7 +209,7 @@ class OpenAIEngine(Engine):
 
     # ---- requests ---------------------------------------------------------------------------------------------------
     def _body(self, prompt: Prompt, params: SamplingParams, adapter: Adapter | None) -> tuple[str, dict[str, Any]]:
-        chat = not isinstance(prompt, str)
+        chat = not isinstance(prompt, str | tuple)  # text and token-id prompts go to /completions
         body: dict[str, Any] = {
             "model": adapter.name if adapter is not None else self.model,
             "messages" if chat else "prompt": prompt,
@@ -210,6 +229,28 @@ class OpenAIEngine(Engine):
                 body["top_logprobs"] = params.logprobs
             else:
                 body["logprobs"] = params.logprobs
+        if isinstance(prompt, tuple):  # token ids
+            body["prompt"] = list(prompt)
+        for name in ("presence_penalty", "frequency_penalty", "min_p"):
+            if getattr(params, name):
+                body[name] = getattr(params, name)
+        if params.repetition_penalty != 1.0:
+            body["repetition_penalty"] = params.repetition_penalty
+        if params.top_k > 0:
+            body["top_k"] = params.top_k
+        if params.min_tokens:
+            body["min_tokens"] = params.min_tokens
+        if params.ignore_eos:
+            body["ignore_eos"] = True
+        if params.logit_bias:
+            body["logit_bias"] = {str(t): b for t, b in params.logit_bias}
+        if params.structured is not None:
+            body["response_format"] = params.structured.to_openai()
+        if params.tools is not None:
+            body["tools"] = params.tools.tool_list()
+            body["tool_choice"] = params.tools.choice()
+            if params.tools.parallel_tool_calls is not None:
+                body["parallel_tool_calls"] = params.tools.parallel_tool_calls
         return ("/chat/completions" if chat else "/completions"), body
 
     async def _open(self, path: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
@@ -307,6 +348,9 @@ class OpenAIEngine(Engine):
             self._discovery.add_done_callback(self._discovery_done)
         if adapter is not None and self.load_adapters:
             await self._ensure_adapter(adapter)
+        unsupported = self.unsupported(params)
+        if unsupported:
+            raise InvalidEngineRequest(f"the openai engine can't honour '{unsupported[0]}'", param=unsupported[0])
         path, body = self._body(prompt, params, adapter)
         # vLLM names its request after X-Request-Id (its logs then match ours); other servers ignore the header.
         headers = {"X-Request-Id": request_id} if request_id else None
@@ -331,7 +375,7 @@ class OpenAIEngine(Engine):
                     chunk = _choice_chunk(choice, chat=path == "/chat/completions", top_k=params.logprobs)
                     if chunk.finish_reason is not None:
                         final = chunk
-                    elif chunk.text or chunk.logprobs:
+                    elif chunk.text or chunk.logprobs or chunk.tool_calls:
                         yield chunk
             if final is None:
                 raise EngineError(
@@ -371,15 +415,17 @@ async def _sse_data(resp: Any) -> AsyncIterator[str]:
 def _finish_reason(value: Any) -> FinishReason | None:
     if value is None:
         return None
-    if value in ("length", "abort"):
+    if value in ("length", "abort", "tool_calls"):
         return value  # type: ignore[no-any-return]
-    return "stop"  # stop, eos, tool_calls, content_filter: the sequence ended
+    return "stop"  # stop, eos, content_filter: the sequence ended
 
 
 def _choice_chunk(choice: dict[str, Any], *, chat: bool, top_k: int | None) -> Chunk:
     source = (choice.get("delta") or {}) if chat else choice
     text = source.get("content" if chat else "text") or ""
     chunk = Chunk(text=text, finish_reason=_finish_reason(choice.get("finish_reason")))
+    if chat and source.get("tool_calls"):
+        chunk.tool_calls = [dict(c) for c in source["tool_calls"]]
     if top_k is not None:
         chunk.logprobs = _logprobs(choice.get("logprobs"), chat=chat, top_k=top_k)
     return chunk

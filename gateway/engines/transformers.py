@@ -551,6 +551,7 @@ class TransformersEngine(Engine):
     def encode_for_blend(self, prompt: Prompt) -> list[int]:
         return self.tokenize(prompt)
 
+
 def _generator(seed: int | None) -> Any:
     import torch
 

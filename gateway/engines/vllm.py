@@ -81,10 +81,31 @@ class VLLMEngine(Engine):
     """
 
     kind = "vllm"
+    supported_fields = frozenset(
+        {
+            "seed",
+            "logprobs",
+            "presence_penalty",
+            "frequency_penalty",
+            "repetition_penalty",
+            "top_k",
+            "min_p",
+            "min_tokens",
+            "logit_bias",
+            "ignore_eos",
+            "prompt_logprobs",
+            "response_format",
+            "tools",
+        }
+    )
+    """Everything (``tools`` only with a ``tool_call_parser``; see ``unsupported``)."""
 
     def __init__(self, model: str, **engine_args: Any):
         self.model = model
         self.engine_args = dict(engine_args)
+        self.tool_call_parser: str | None = self.engine_args.pop("tool_call_parser", None)
+        """vLLM tool parser for this model (``vllm serve --tool-call-parser``); None: tools are refused."""
+        self._tools: Any = None  # gateway.engines.tools.VLLMToolCalls once started, with a parser
         self._lora_enabled = bool(self._arg("enable_lora"))
         self._max_lora_rank = int(self._arg("max_lora_rank"))
         self._llm: Any = None  # vllm.v1.engine.async_llm.AsyncLLM once started
@@ -201,7 +222,21 @@ class VLLMEngine(Engine):
             )
         return self._tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
 
-    def _prompt_token_ids(self, prompt: Prompt) -> tuple[str, list[int]]:
+    def unsupported(self, params: SamplingParams) -> list[str]:
+        out = super().unsupported(params)
+        if params.tools is not None and self.tool_call_parser is None:
+            out.append("tools")
+        return out
+
+    def _prompt_token_ids(self, prompt: Prompt, params: SamplingParams | None = None) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, tuple):  # token ids (/v1/completions): exactly these (vLLM checks the vocabulary)
+            return None, [int(t) for t in prompt]
+        if params is not None and params.tools is not None and not isinstance(prompt, str):
+            self._engine()
+            text = self._tokenizer.apply_chat_template(
+                prompt, tools=params.tools.tool_list(), tokenize=False, add_generation_prompt=True
+            )
+            return text, list(self._tokenizer.encode(text, add_special_tokens=False))
         text = self.render_prompt(prompt)
         self._engine()
         ids = self._tokenizer.encode(text, add_special_tokens=isinstance(prompt, str))
@@ -269,17 +304,54 @@ class VLLMEngine(Engine):
         from vllm.sampling_params import SamplingParams as VSamplingParams
 
         greedy = params.temperature <= 0.0
+        structured = None
+        if params.structured is not None:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            if params.structured.kind == "json_object":
+                structured = StructuredOutputsParams(json_object=True)
+            else:
+                structured = StructuredOutputsParams(json=params.structured.schema)
+        elif params.tools is not None and self._tools is not None:
+            schema = self._tools.structured_schema(params.tools)  # required / named tool_choice: force the call
+            if schema is not None:
+                from vllm.sampling_params import StructuredOutputsParams
+
+                structured = StructuredOutputsParams(json=schema)
+        final_only = params.final_only or params.tools is not None  # tool parsers read the whole output
         return VSamplingParams(
             n=1,
             temperature=0.0 if greedy else params.temperature,
             top_p=1.0 if greedy else params.top_p,
+            top_k=0 if greedy else max(params.top_k, 0),
+            min_p=0.0 if greedy else params.min_p,
             seed=None if greedy else params.seed,
+            presence_penalty=params.presence_penalty,
+            frequency_penalty=params.frequency_penalty,
+            repetition_penalty=params.repetition_penalty,
+            min_tokens=params.min_tokens,
+            logit_bias=dict(params.logit_bias) or None,
+            ignore_eos=params.ignore_eos,
             max_tokens=params.max_tokens,
             stop=list(params.stop) or None,
             include_stop_str_in_output=False,
             logprobs=params.logprobs,
-            output_kind=RequestOutputKind.DELTA,
+            prompt_logprobs=params.prompt_logprobs,
+            structured_outputs=structured,
+            output_kind=RequestOutputKind.FINAL_ONLY if final_only else RequestOutputKind.DELTA,
         )
+
+    def _prompt_logprobs(self, raw: Any) -> list[dict[str, Any] | None]:
+        """vLLM's ``prompt_logprobs`` (per position ``{token_id: Logprob}``) in its server's JSON shape."""
+        return [
+            None
+            if step is None
+            else {
+                str(t): {"logprob": float(lp.logprob), "rank": lp.rank, "decoded_token": self._decoded(t, lp)}
+                for t, lp in step.items()
+            }
+            for step in raw
+        ]
 
     def _token_logprobs(self, token_ids: Any, logprobs: Any, k: int) -> list[TokenLogprob]:
         out: list[TokenLogprob] = []
@@ -314,7 +386,15 @@ class VLLMEngine(Engine):
         request_id: str | None = None,
     ) -> AsyncGenerator[Chunk, None]:
         llm = self._engine()
-        text, ids = self._prompt_token_ids(prompt)
+        unsupported = self.unsupported(params)
+        if unsupported:
+            hint = " (set engine_args.tool_call_parser in the spec)" if unsupported[0] == "tools" else ""
+            raise InvalidEngineRequest(f"the vllm engine can't honour '{unsupported[0]}'{hint}", param=unsupported[0])
+        if params.tools is not None and self._tools is None:
+            from gateway.engines.tools import VLLMToolCalls
+
+            self._tools = VLLMToolCalls(str(self.tool_call_parser), self._tokenizer, self.model)
+        text, ids = self._prompt_token_ids(prompt, params)
         if len(ids) + params.max_tokens > self.max_model_len:
             raise PromptTooLong(len(ids), params.max_tokens, self.max_model_len)
         lora = self._lora_request(adapter)
@@ -329,7 +409,9 @@ class VLLMEngine(Engine):
         except (ValueError, VLLMClientError) as e:
             raise InvalidEngineRequest(f"vllm rejected the sampling parameters: {e}") from e
         rid = request_id or f"sg-{uuid.uuid4().hex}"
-        gen = llm.generate(tokens_input(ids, prompt=text), sampling, rid, lora_request=lora)
+        prompt_input = tokens_input(ids, prompt=text) if text is not None else tokens_input(ids)
+        gen = llm.generate(prompt_input, sampling, rid, lora_request=lora)
+        prompt_lps: list[dict[str, Any] | None] | None = None
         completion_tokens = 0
         self._active[rid] += 1
         try:
@@ -350,13 +432,20 @@ class VLLMEngine(Engine):
                 chunk = Chunk(text=comp.text, token_ids=list(comp.token_ids))
                 if params.logprobs is not None:
                     chunk.logprobs = self._token_logprobs(comp.token_ids, comp.logprobs, params.logprobs)
+                if params.prompt_logprobs is not None and out.prompt_logprobs and prompt_lps is None:
+                    prompt_lps = self._prompt_logprobs(out.prompt_logprobs)
                 if out.finished:
                     if comp.finish_reason not in ("stop", "length", "abort"):
                         raise EngineError(f"vllm request {rid} ended with finish_reason={comp.finish_reason!r}")
                     reason: FinishReason = comp.finish_reason
+                    if params.tools is not None and self._tools is not None and reason != "abort":
+                        chunk.text, calls = self._tools.parse(chunk.text, params.tools)
+                        if calls:
+                            chunk.tool_calls, reason = calls, "tool_calls"
                     chunk.finish_reason = reason
                     chunk.prompt_tokens = len(ids)
                     chunk.completion_tokens = completion_tokens
+                    chunk.prompt_logprobs = prompt_lps
                 if chunk.text or chunk.token_ids or chunk.finish_reason:
                     yield chunk
                 # After the finished output, the next __anext__ ends vLLM's generator cleanly (StopAsyncIteration).

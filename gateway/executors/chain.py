@@ -1,7 +1,9 @@
 """A DER-style routed chain: a trained policy picks the next expert (or stop) from the question and current answer.
 
 Per request: the policy decides before every call; the first expert gets the client's prompt, every later one a
-Knowledge Transfer Prompt carrying the previous answer (the template is stored in the policy). Intermediate steps run
+Knowledge Transfer Prompt carrying the previous answer (the template is stored in the policy). On a raw completion
+prompt the first expert gets it as sent and later ones the KTP in the prompt's own format (``gateway.executors.raw``);
+``response_format`` and ``tools`` are refused, since no single step is known in advance to write the answer. Intermediate steps run
 whole and are reported as route steps with their output; the final answer is streamed live when the executor knows
 the call is the last one (the step limit), and sent at once when the policy stops after a call that already ran.
 ``cost_weight`` and ``max_steps`` extra body fields override the spec per request. Every StepInfo carries the
@@ -18,12 +20,13 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
-from gateway.engines.base import Chunk, Prompt
+from gateway.engines.base import Chunk, Prompt, SamplingParams
 from gateway.errors import InvalidRequestError
 from gateway.executors.base import ExecEvent, ExecRequest, Executor, ExpertHandle, StepInfo, question_of
+from gateway.executors.raw import refuse_for_ensemble, refuse_token_prompt, refuse_unsupported, split_raw
 from gateway.spec import ChainEnsemble, SpecError
 from router.policy import PolicyError, PolicyHolder, RouterPolicy
-from router.prompts import chain_prompt
+from router.prompts import chain_prompt, ktp_content
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -127,11 +130,33 @@ class ChainExecutor(Executor):
             )
         return float(cost_weight), int(max_steps)
 
+    def check(self, params: SamplingParams) -> None:
+        """Refuse (400 naming the field) what no step can own (the last step is chosen at run time) and what an
+        expert's engine can't honour."""
+        refuse_for_ensemble(self.name, self.kind, params, final_known=False)
+        for expert in self._experts:
+            refuse_unsupported(self.name, expert, params)
+
+    def _step_prompt(
+        self, template: str, request: ExecRequest, question: str, answer: str, expert: ExpertHandle
+    ) -> Prompt:
+        """The first step gets the client's prompt as sent; later ones the knowledge-transfer prompt, as chat messages
+        on the chat path and in the raw prompt's own format on a raw one (``gateway.executors.raw``)."""
+        if answer and isinstance(request.prompt, str):
+            raw = split_raw(request.prompt, expert)
+            return raw.with_content(ktp_content(template, raw.question, answer))
+        return chain_prompt(template, request.prompt, question, answer or None)
+
     async def stream(self, request: ExecRequest) -> AsyncIterator[ExecEvent]:
+        refuse_token_prompt(self.name, request.prompt)
+        self.check(request.params)
         await self._refresh()
         policy = self.holder.current()  # this request's snapshot, even if a reload lands meanwhile
         cost_weight, max_steps = self._overrides(request, policy)
-        question = question_of(request.prompt)
+        if isinstance(request.prompt, str):  # a raw prompt: the question is its last user turn (as in chat)
+            question = split_raw(request.prompt, self._experts[0]).question
+        else:
+            question = question_of(request.prompt)
         # a model encoder takes milliseconds: keep it off the event loop (the hashed one takes microseconds)
         run = asyncio.to_thread if policy.encoder.slow else _inline
         q_vec = (await run(policy.encoder.encode, [question]))[0]
@@ -140,7 +165,7 @@ class ChainExecutor(Executor):
         for step in range(max_steps):
             extra = {"action": decision.name, "decision_ms": round(decision.ms, 4), "policy_version": policy.version}
             expert = self._by_name[decision.name]
-            prompt = chain_prompt(policy.ktp_template, request.prompt, question, answer or None)
+            prompt = self._step_prompt(policy.ktp_template, request, question, answer, expert)
             node = str(step)
             if step == max_steps - 1:  # known to be the last call: stream it live
                 async for event in expert.stream_step(node, prompt, request.params, request_id=request.request_id):

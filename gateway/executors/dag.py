@@ -4,7 +4,9 @@ A topology (``topology.json``) is a DAG of nodes, each an expert with a prompt t
 answer is the response. A node's user message is its template with ``{question}`` (the client's question) and
 ``{responses}`` (its predecessors' answers, each rendered with the topology's ``response_template`` and joined in node
 order). Nodes run as soon as their predecessors finish, so independent nodes run concurrently; every upstream node
-reports a ``StepInfo`` as it ends (its output included), and the final node streams live.
+reports a ``StepInfo`` as it ends (its output included), and the final node streams live. On a raw completion prompt
+the source nodes get it as sent and later nodes their text in the prompt's own format (``gateway.executors.raw``);
+``response_format`` and ``tools`` go to the final node only.
 
 The same executor runs a topology over a whole batch of questions (``run_batch``): the offline graph search scores
 candidate DAGs with it, through a caching, batching ``generate`` hook, so what is searched is exactly what is served.
@@ -31,12 +33,13 @@ import json
 import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway.engines.base import Prompt, SamplingParams
 from gateway.executors.base import ExecEvent, ExecRequest, Executor, ExpertHandle, StepInfo, question_of
+from gateway.executors.raw import inner_params, refuse_for_ensemble, refuse_token_prompt, refuse_unsupported, split_raw
 
 if TYPE_CHECKING:
     from gateway.spec import DagEnsemble
@@ -364,19 +367,41 @@ class DagExecutor(Executor):
     def _messages(self, system: list[dict[str, Any]], content: str) -> list[dict[str, Any]]:
         return [*system, {"role": "user", "content": content}]
 
+    def check(self, params: SamplingParams) -> None:
+        """Refuse (400 naming the field) what a node can't honour: the final node gets ``response_format`` and
+        ``tools``, every node the sampling settings."""
+        refuse_for_ensemble(self.name, self.kind, params, final_known=True)
+        inner = inner_params(params)
+        for node_id, handle in self.handles.items():
+            refuse_unsupported(self.name, handle, params if node_id == self.topology.final else inner)
+
+    def _node_prompt(self, node_id: str, request: ExecRequest, responses: list[str]) -> Prompt:
+        """A node's prompt: chat messages on the chat path; on a raw prompt, the raw-format rules of
+        ``gateway.executors.raw`` (sources get the prompt as sent, later nodes their text in the same format)."""
+        topo = self.topology
+        if isinstance(request.prompt, str):
+            if not topo.predecessors(node_id):
+                return request.prompt
+            raw = split_raw(request.prompt, self.handles[node_id])
+            return raw.with_content(topo.render(node_id, raw.question, responses))
+        content = topo.render(node_id, question_of(request.prompt), responses)
+        return self._messages(_system_messages(request.prompt), content)
+
     async def stream(self, request: ExecRequest) -> AsyncIterator[ExecEvent]:
         topo = self.topology
-        question = question_of(request.prompt)
-        system = _system_messages(request.prompt)
-        inner_params = replace(request.params, logprobs=None)
+        refuse_token_prompt(self.name, request.prompt)
+        self.check(request.params)
+        inner = inner_params(request.params)
         tasks: dict[str, asyncio.Task[tuple[str, StepInfo]]] = {}
 
         async def run_node(node_id: str) -> tuple[str, StepInfo]:
             preds = topo.predecessors(node_id)
             responses = [(await tasks[p])[0] for p in preds]
-            content = topo.render(node_id, question, responses)
             done, info = await self.handles[node_id].run_step(
-                node_id, self._messages(system, content), inner_params, request_id=f"{request.request_id}-{node_id}"
+                node_id,
+                self._node_prompt(node_id, request, responses),
+                inner,
+                request_id=f"{request.request_id}-{node_id}",
             )
             info.extra.setdefault("predecessors", preds)
             return done.text, info
@@ -392,10 +417,10 @@ class DagExecutor(Executor):
                 for t in sorted(finished, key=rank.__getitem__):
                     yield t.result()[1]  # raises the node's error, if any
             preds = topo.predecessors(topo.final)
-            content = topo.render(topo.final, question, [tasks[p].result()[0] for p in preds])
+            final_prompt = self._node_prompt(topo.final, request, [tasks[p].result()[0] for p in preds])
             async for event in self.handles[topo.final].stream_step(
                 topo.final,
-                self._messages(system, content),
+                final_prompt,
                 request.params,
                 request_id=f"{request.request_id}-{topo.final}",
             ):
