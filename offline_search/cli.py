@@ -51,6 +51,21 @@ def _start(output_dir: Path, resume: bool, force: bool) -> None:
         shutil.rmtree(output_dir)
 
 
+def _table(rows: list[tuple[str, Any, Any]]) -> str:
+    """A markdown table of (method, dev, test) rows: what a search is compared with (dev selects, test reports)."""
+
+    def f(v: Any) -> str:
+        return "" if v is None else f"{v:.4f}"
+
+    lines = ["| method | dev | test |", "|---|---|---|"]
+    lines += [f"| {m} | {f(d)} | {f(t)} |" for m, d, t in rows]
+    return "\n".join(lines)
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:+.1f}%"
+
+
 def _setup_logging(quiet: bool) -> None:
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -84,6 +99,19 @@ def swarm(
         f"best particle: dev {s['best']['dev']:.4f}  test {s['best']['test']:.4f}   "
         f"best initial expert ({best_init}): test {s['experts'][best_init]['test']:.4f}   "
         f"gain {s['test_gain_vs_best_initial']:+.4f}"
+    )
+    b = s.get("baselines", {})
+    rows = [("Model Swarms best", s["best"]["dev"], s["best"]["test"])]
+    rows += [(f"expert {n}", v["dev"], v["test"]) for n, v in s["experts"].items()]
+    if "best_initial_particle" in b:
+        rows.append(("best initial particle", b["best_initial_particle"]["dev"], b["best_initial_particle"]["test"]))
+    if "uniform_average" in b:
+        rows.append(("uniform average of experts", b["uniform_average"]["dev"], b["uniform_average"]["test"]))
+    typer.echo(_table(rows))
+    typer.echo(
+        f"best found at iteration {s['best'].get('found_at_iteration')}; relative test gain vs best initial particle: "
+        f"{_pct(s.get('test_relative_gain_vs_best_initial_particle'))}, vs uniform average: "
+        f"{_pct(s.get('test_relative_gain_vs_uniform_average'))}"
     )
     typer.echo(f"best checkpoint: {result.best_dir}")
     typer.echo(f"spec snippet:    {result.spec_snippet}")
@@ -121,6 +149,17 @@ def graph(
         f"DAG: dev {s['dag']['dev']:.4f}  test {s['dag']['test']:.4f}   best single expert ({single}): "
         f"test {s['experts'][single]['test']:.4f}   gain {s['test_gain_vs_best_single']:+.4f}"
     )
+    b = s.get("baselines", {})
+    rows = [("Heterogeneous Swarms DAG", s["dag"]["dev"], s["dag"]["test"])]
+    rows += [(f"expert {n}", v["dev"], v["test"]) for n, v in s["experts"].items()]
+    if "best_chain" in b:
+        rows.append(
+            (f"best hand-wired chain ({b['best_chain']['chain']})", b["best_chain"]["dev"], b["best_chain"]["test"])
+        )
+    if "random_search" in b:
+        rs = b["random_search"]
+        rows.append((f"random graph search ({rs['evaluations']} evaluations)", rs["dev"], rs["test"]))
+    typer.echo(_table(rows))
     typer.echo(f"topology:     {result.topology_path}")
     typer.echo(f"spec snippet: {result.spec_snippet}")
     typer.echo(f"summary:      {result.output_dir / 'summary.json'}")

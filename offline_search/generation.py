@@ -26,6 +26,24 @@ from gateway.engines.base import Adapter, Engine, Prompt, SamplingParams
 from gateway.executors.base import ExpertHandle
 
 
+class Generated(str):
+    """Generated text that remembers why generation ended (``finish_reason``); utilities score an output cut at
+    ``max_tokens`` (``"length"``) as wrong, whatever its text."""
+
+    finish_reason: str | None = None
+
+
+def generated(text: str, finish_reason: str | None) -> Generated:
+    g = Generated(text)
+    g.finish_reason = finish_reason
+    return g
+
+
+def is_truncated(text: str) -> bool:
+    """Whether an output was cut at ``max_tokens`` (``finish_reason: length``)."""
+    return getattr(text, "finish_reason", None) == "length"
+
+
 def engine_identity(engine: Engine) -> str:
     model = getattr(engine, "model_path", None) or getattr(engine, "model", None) or id(engine)
     return f"{engine.kind}:{model}"
@@ -41,14 +59,14 @@ class OutputCache:
 
     def __init__(self, path: str | os.PathLike[str] | None = None):
         self.path = Path(path) if path is not None else None
-        self._data: dict[str, str] = {}
+        self._data: dict[str, Generated] = {}
         if self.path is not None and self.path.is_file():
             for line in self.path.read_text().splitlines():
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError:  # a line cut by a kill: ignore it
                     continue
-                self._data[row["k"]] = row["t"]
+                self._data[row["k"]] = generated(row["t"], row.get("f"))
 
     @staticmethod
     def key(engine: Engine, adapter: Adapter | None, prompt: Prompt, params: SamplingParams) -> str:
@@ -59,17 +77,24 @@ class OutputCache:
         )
         return hashlib.sha256(payload.encode()).hexdigest()
 
-    def get(self, key: str) -> str | None:
+    def get(self, key: str) -> Generated | None:
         return self._data.get(key)
 
     def put_many(self, items: Sequence[tuple[str, str]]) -> None:
+        """Store (key, text) pairs; a text's ``finish_reason`` (``Generated``) is kept with it."""
         new = [(k, t) for k, t in items if k not in self._data]
         for k, t in new:
-            self._data[k] = t
+            self._data[k] = t if isinstance(t, Generated) else generated(t, None)
         if self.path is not None and new:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a") as f:
-                f.write("".join(json.dumps({"k": k, "t": t}, ensure_ascii=False) + "\n" for k, t in new))
+                f.write(
+                    "".join(
+                        json.dumps({"k": k, "t": str(t), "f": getattr(t, "finish_reason", None)}, ensure_ascii=False)
+                        + "\n"
+                        for k, t in new
+                    )
+                )
 
     def __len__(self) -> int:
         return len(self._data)
@@ -191,10 +216,11 @@ class BatchGenerator:
         self.stats.per_engine[ident] = self.stats.per_engine.get(ident, 0) + len(group)
         to_cache = []
         for p, c in zip(group, done, strict=True):
+            text = generated(c.text, c.finish_reason)
             if p.key is not None:
-                to_cache.append((p.key, c.text))
+                to_cache.append((p.key, text))
                 self._inflight.pop(p.key, None)
             if not p.future.done():
-                p.future.set_result(c.text)
+                p.future.set_result(text)
         if self.cache is not None and to_cache:
             self.cache.put_many(to_cache)

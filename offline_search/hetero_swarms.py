@@ -405,6 +405,49 @@ class HeteroSwarms:
             await self.pool.close()
             await self.utility.close()
 
+    async def _baselines(
+        self, originals: dict[str, ExpertHandle], dev: list[Example], test: list[Example]
+    ) -> dict[str, Any]:
+        """What the search must beat, chosen on dev and reported on test: the best hand-wired chain (every ordered
+        pair of the original experts) and random graph search with the search's own number of evaluations."""
+        cfg, names = self.cfg, list(originals)
+        chains: dict[str, dict[str, float]] = {}
+        for a in names:
+            for b in names:
+                if a != b:
+                    r = await self.score_topology(chain_topology(a, b, self.templates), originals, dev, "dev")
+                    chains[f"{a} -> {b}"] = {"dev": r.value}
+        best_chain = max(chains, key=lambda k: chains[k]["dev"])
+        a, b = best_chain.split(" -> ")
+        r = await self.score_topology(chain_topology(a, b, self.templates), originals, test, "test")
+        chains[best_chain]["test"] = r.value
+        budget = max(self.evaluations, 1)
+        rng = np.random.default_rng([cfg.seed, 99])
+        best: tuple[float, Topology] | None = None
+        for _ in range(budget):
+            g = g_decode(
+                random_adjacency(len(names), rng),
+                top_p=cfg.decode_top_p,
+                rng=rng,
+                edge_threshold=cfg.edge_threshold,
+            )
+            t = to_topology(g, names, names, self.templates)
+            u = (await self.score_topology(t, originals, dev, "dev")).value
+            if best is None or u > best[0]:
+                best = (u, t)
+        assert best is not None
+        rand_test = await self.score_topology(best[1], originals, test, "test")
+        return {
+            "chains_dev": {k: v["dev"] for k, v in chains.items()},
+            "best_chain": {"chain": best_chain, "dev": chains[best_chain]["dev"], "test": chains[best_chain]["test"]},
+            "random_search": {
+                "evaluations": budget,
+                "graph": _describe(best[1]),
+                "dev": best[0],
+                "test": rand_test.value,
+            },
+        }
+
     async def _finish(self, run_log: RunLog, seconds: float) -> GraphResult:
         cfg, out = self.cfg, self.out
         best = self.progress_state["best"]
@@ -421,6 +464,7 @@ class HeteroSwarms:
             singles[name] = {"dev": d.value, "test": t.value, "test_per_task": t.per_task}
         best_single = max(singles, key=lambda n: singles[n]["dev"])
         strongest_test = max(s["test"] for s in singles.values())
+        baselines = await self._baselines(originals, dev, test)
         search_meta = {
             "utility": self.utility.name,
             "dev": best["dev"],
@@ -451,6 +495,9 @@ class HeteroSwarms:
             "test_relative_gain_vs_best_single": relative_gain(dag_test.value, singles[best_single]["test"]),
             "test_gain_vs_strongest_single": dag_test.value - strongest_test,
             "test_relative_gain_vs_strongest_single": relative_gain(dag_test.value, strongest_test),
+            "baselines": baselines,
+            "test_gain_vs_best_chain": dag_test.value - baselines["best_chain"]["test"],
+            "test_gain_vs_random_search": dag_test.value - baselines["random_search"]["test"],
             "updated_experts": [m.name for m in self.members if m.updated_in_round is not None],
             "utility_evaluations": self.evaluations,
             "generation": self.generator.stats.snapshot(),
@@ -494,6 +541,15 @@ class HeteroSwarms:
         )
         shutil.rmtree(out / "particles", ignore_errors=True)
         return GraphResult(out, topo_path, snippet, summary)
+
+
+def chain_topology(first: str, second: str, templates: PromptTemplates) -> Topology:
+    """A hand-wired two-expert chain: ``second`` sees ``first``'s answer (what a person would wire by hand)."""
+    nodes = (
+        TopologyNode(id=first, expert=first, prompt=templates.source),
+        TopologyNode(id=second, expert=second, prompt=templates.for_node(has_predecessors=True, is_final=True)),
+    )
+    return Topology(nodes, ((first, second),), second, templates.response)
 
 
 def _with_experts(topo: Topology, experts: dict[str, str]) -> Topology:

@@ -261,6 +261,7 @@ class ModelSwarms:
             experts_dev[e.name] = float(first) if first is not None else float("nan")
         best_initial = max(experts_dev, key=lambda n: experts_dev[n])
         strongest_test = max(v["utility"] for v in experts_test.values())
+        baselines = await self._baselines(swarm, expert_params)
         best_iter = next(
             (r.iteration for r in swarm.records if r.best is not None and r.best >= swarm.global_best_u), None
         )
@@ -289,6 +290,13 @@ class ModelSwarms:
             "test_relative_gain_vs_best_initial": relative_gain(best_test.value, experts_test[best_initial]["utility"]),
             "test_gain_vs_strongest_expert": best_test.value - strongest_test,
             "test_relative_gain_vs_strongest_expert": relative_gain(best_test.value, strongest_test),
+            "baselines": baselines,
+            "test_relative_gain_vs_best_initial_particle": relative_gain(
+                best_test.value, baselines["best_initial_particle"]["test"]
+            ),
+            "test_relative_gain_vs_uniform_average": relative_gain(
+                best_test.value, baselines["uniform_average"]["test"]
+            ),
             "iterations": swarm.iteration,
             "stop_reason": swarm.stop_reason,
             "utility_evaluations": self.evaluations,
@@ -306,7 +314,15 @@ class ModelSwarms:
             run_log.read(),
             out / "convergence.png",
             title=f"Model Swarms: {cfg.name} ({self.utility.name}, dev)",
-            baselines={f"expert {n}": v for n, v in experts_dev.items()},
+            baselines={
+                **{f"expert {n}": v for n, v in experts_dev.items()},
+                **(
+                    {"best initial particle": baselines["best_initial_particle"]["dev"]}
+                    if "best_initial_particle" in baselines
+                    else {}
+                ),
+                "uniform average": baselines["uniform_average"]["dev"],
+            },
         )
         base = self.p.experts[0]
         entry: dict[str, Any] = {"kind": "expert", "engine": cfg.engine or "auto"}
@@ -321,6 +337,40 @@ class ModelSwarms:
         if not cfg.keep_particles:
             shutil.rmtree(out / "particles", ignore_errors=True)
         return SwarmResult(out, best_dir, snippet, summary)
+
+    async def _baselines(self, swarm: ParticleSwarm, expert_params: list[Params]) -> dict[str, Any]:
+        """What the search must beat, chosen on dev and reported on test: the best particle of the initial swarm
+        (experts and their children, as scored in iteration 0) and the uniform average of the experts' weights."""
+        cfg, dev, test = self.cfg, self.p.splits.dev, self.p.splits.test
+        rng = np.random.default_rng([cfg.seed, 1])  # the same draw as the search's start: the same children
+        low, high = cfg.child_weight_range
+        children, origin = interpolate_children(
+            expert_params, cfg.swarm_size - len(expert_params), rng, low=low, high=high
+        )
+        initial = [*expert_params, *children]
+        first = [p.history[0] if p.history else None for p in swarm.particles]
+        scored = [(u, i) for i, u in enumerate(first) if u is not None]
+        out: dict[str, Any] = {}
+        if scored:
+            u0, i0 = max(scored)
+            h, d = await self._handle(initial[i0])
+            r, _ = await score_expert(self.generator, h, test, cfg.generation, self.utility)
+            await self._release(h, d)
+            who = (
+                self.p.experts[i0].name
+                if i0 < len(expert_params)
+                else {**origin[i0 - len(expert_params)], "kind": "child"}
+            )
+            if isinstance(who, dict):
+                who = {**who, "a": self.p.experts[who["a"]].name, "b": self.p.experts[who["b"]].name}
+            out["best_initial_particle"] = {"index": i0, "particle": who, "dev": u0, "test": r.value}
+        avg = {k: sum(x[k] for x in expert_params) / len(expert_params) for k in expert_params[0]}  # type: ignore[index]
+        h, d = await self._handle(avg)
+        r_dev, _ = await score_expert(self.generator, h, dev, cfg.generation, self.utility)
+        r_test, _ = await score_expert(self.generator, h, test, cfg.generation, self.utility)
+        await self._release(h, d)
+        out["uniform_average"] = {"dev": r_dev.value, "test": r_test.value, "test_per_task": r_test.per_task}
+        return out
 
     def _merge(self, best_dir: Path) -> Path:
         """The best adapter merged into the base: a plain full checkpoint."""

@@ -7,6 +7,9 @@
 - ``RewardModel``: the mean score of any Hugging Face sequence-classification model on (question, output);
 - ``LLMJudge``: a judge model behind any OpenAI-compatible ``/chat/completions`` endpoint rates each output.
 
+An output the engine cut at ``max_tokens`` (``finish_reason: length``) scores the floor (0, or the batch's lowest
+score for reward models that go below 0) in every utility: a cut answer is not an answer.
+
 Per-example scores are deterministic functions of (example, output) for the first four; the judge is called with
 temperature 0 and its scores are cached per (question, answer, output).
 """
@@ -23,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from offline_search.datasets import Example
+from offline_search.generation import is_truncated
 
 
 @dataclass
@@ -55,6 +59,9 @@ class Utility(abc.ABC):
         if len(examples) != len(outputs):
             raise ValueError(f"{len(examples)} examples but {len(outputs)} outputs")
         per = await self.score_examples(examples, outputs)
+        # an output cut at max_tokens is wrong, whatever its text (every utility, one place)
+        floor = min(0.0, *per) if per else 0.0
+        per = [floor if is_truncated(o) else s for o, s in zip(outputs, per, strict=True)]
         return UtilityResult(self.aggregate(examples, per), per, _per_task(examples, per))
 
     async def close(self) -> None:  # noqa: B027 (optional hook)
