@@ -92,9 +92,9 @@ async def test_greedy_speculative_and_gate_off_equal_naive_on_120_prompts(rt: Ru
     differ: dict[str, list[str]] = {}
     accepted = drafted = 0
     for p in prompts:
-        ref, ref_ids, _, _ = await run(rt.executors["naive"], p, GREEDY)
+        _ref, ref_ids, _, _ = await run(rt.executors["naive"], p, GREEDY)
         for name in ("spec", "spec1", "gate0_step", "gate0_spec"):
-            text, ids, steps, _ = await run(rt.executors[name], p, GREEDY)
+            _text, ids, steps, _ = await run(rt.executors[name], p, GREEDY)
             if ids != ref_ids:
                 differ.setdefault(name, []).append(p)
             if name == "spec":
@@ -203,7 +203,7 @@ async def test_seeded_speculative_samples_follow_the_blend_chi_square(rt: Runtim
 
 async def test_route_stop_logprobs_and_length(rt: Runtime, toy_world: Any) -> None:
     p = toy_prompts(toy_world.root, 2)[1]  # a rev prompt
-    text, ids, steps, last = await run(rt.executors["spec"], p, SamplingParams(max_tokens=3, temperature=0.0))
+    _text, ids, steps, last = await run(rt.executors["spec"], p, SamplingParams(max_tokens=3, temperature=0.0))
     assert last.finish_reason == "length" and len(ids) == 3
     assert [s["expert"] for s in steps] == MEMBERS
     assert [s["role"] for s in steps] == ["lead", "member", "member"]
