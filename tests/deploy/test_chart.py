@@ -316,9 +316,9 @@ def test_router_retrain_cronjob(renders: dict[str, Render], tmp_path: Path) -> N
     # the real CLI parses that command line into what the job means
     import typer
 
-    from swarmgate.cli import app
+    from router.cli import app
 
-    retrain = typer.main.get_command(app).commands["router"].commands["retrain"]  # type: ignore[attr-defined]
+    retrain = typer.main.get_command(app).commands["retrain"]  # type: ignore[attr-defined]
     params = retrain.make_context("retrain", argv[2:]).params
     assert sorted(map(str, params["log"])) == sorted(str(p) for p in logs.iterdir())
     assert str(params["config"]) == "/etc/swarmgate/router/router.yaml"
@@ -366,6 +366,10 @@ def test_servicemonitor_and_keda_only_where_their_crds_exist(
     (sm,) = with_crds.of("ServiceMonitor")
     assert sm["spec"]["endpoints"][0]["path"] == "/metrics" and sm["spec"]["endpoints"][0]["port"] == "http"
     assert sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    if scenario == "split":  # keys are set: Prometheus sends one, from the chart's Secret
+        creds = sm["spec"]["endpoints"][0]["authorization"]["credentials"]
+        secret = with_crds.get("Secret", creds["name"])["stringData"]
+        assert secret[creds["key"]] in _values(scenario)["auth"]["apiKeys"]
     gw_svc = with_crds.get("Service", GATEWAY)
     assert _matches(sm["spec"]["selector"], gw_svc["metadata"]["labels"])
     (so,) = with_crds.of("ScaledObject")
