@@ -127,9 +127,9 @@ class ConstraintCompiler:
         self._compile = functools.lru_cache(maxsize=64)(self._compile_uncached)
 
     def _compile_uncached(self, structured: StructuredOutput) -> Any:
-        if structured.kind == "json_object":
-            return self._compiler.compile_builtin_json_grammar()
-        return self._compiler.compile_json_schema(structured.schema or "{}", any_whitespace=False)
+        # json_object is OpenAI's "a JSON object" (xgrammar's built-in JSON grammar would also allow arrays)
+        schema = '{"type": "object"}' if structured.kind == "json_object" else (structured.schema or "{}")
+        return self._compiler.compile_json_schema(schema, any_whitespace=False)
 
     def constraint(self, structured: StructuredOutput) -> Constraint:
         """A fresh per-sequence constraint; a schema xgrammar can't compile is the client's 400."""
