@@ -1,11 +1,15 @@
 """The pod, as a process: the CPU scenario's rendered gateway container (command, args, environment, plus the image's
-own ENV) runs on this machine against the toy world, its probes answer, and the `helm test` hook's own command gets
-a chat completion from it.
+own ENV) runs on this machine and serves the rendered ConfigMap's spec over the toy world; its probes answer, the
+`helm test` hook's own command gets a chat completion from it, and an upgraded ConfigMap is hot-reloaded.
 
-Replaced, because they exist only in the cluster or the image: volume mount paths (temporary directories here), the
-image's virtualenv (this checkout's .venv), the spec (the toy world's spec.yaml: the chart's points at /models), the
-engine (forced to transformers), the bind address (loopback only) and port (0: the kernel picks), the Service URL the
-hook calls, and the pod name from the downward API. Everything else is taken from the render as is.
+The spec directory is written the way the kubelet writes a ConfigMap volume (files are symlinks through ``..data``,
+which is swapped atomically on update), so the test shows why the chart mounts it as a directory.
+
+Replaced, because they exist only in the cluster or the image: volume mount paths (temporary directories here; the
+model volume holds the toy world as ``toy/``, as the CPU scenario expects), the image's virtualenv (this checkout's
+.venv), the engine (forced to transformers), the bind address (loopback only) and port (0: the kernel picks), the
+Service URL the hook calls, and the pod name from the downward API. OMP_NUM_THREADS=1 keeps the shared test machine
+usable. Everything else is taken from the render as is.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
-from tests.deploy._chart import NAMESPACE, REPO, Render, container
+from tests.deploy._chart import NAMESPACE, REPO, Render, container, render
 
 POD_NAME = "sg-swarmgate-5d4f7b8c9-x2x7q"
 
@@ -77,14 +82,37 @@ def relocate(env: dict[str, str], moves: dict[str, str]) -> dict[str, str]:
     return {k: ":".join(move(p) for p in v.split(":")) if k == "PATH" else move(v) for k, v in env.items()}
 
 
-@pytest.fixture(scope="module")
-def toy_spec(toy_world) -> Path:
-    return Path(toy_world.root) / "spec.yaml"
+def write_configmap_volume(directory: Path, data: dict[str, str]) -> None:
+    """Publish ``data`` into ``directory`` as the kubelet's atomic writer does: a fresh timestamped folder, then
+    ``..data`` re-pointed by one rename, with every key a symlink through ``..data``."""
+    version = directory / f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{time.monotonic_ns()}"
+    version.mkdir()
+    for key, text in data.items():
+        (version / key).write_text(text)
+    tmp_link = directory / "..data_tmp"
+    tmp_link.symlink_to(version.name)
+    os.replace(tmp_link, directory / "..data")
+    for key in data:
+        if not (directory / key).is_symlink():
+            (directory / key).symlink_to(f"..data/{key}")
+
+
+def configmap_data(r: Render, moves: dict[str, str]) -> dict[str, str]:
+    """The rendered spec ConfigMap, with the pod's volume paths inside the spec moved like the volumes."""
+    data = dict(r.get("ConfigMap", "sg-swarmgate-spec")["data"])
+    spec = yaml.safe_load(data["spec.yaml"])
+    for section in ("experts", "ensembles"):
+        for entry in (spec.get(section) or {}).values():
+            for key in ("model", "adapter", "topology", "policy"):
+                if isinstance(entry.get(key), str):
+                    entry[key] = relocate({"p": entry[key]}, moves)["p"]
+    data["spec.yaml"] = yaml.safe_dump(spec)
+    return data
 
 
 @pytest.mark.timeout(300)
 def test_rendered_gateway_pod_runs_and_answers_the_helm_test(
-    renders: dict[str, Render], toy_spec: Path, tmp_path: Path
+    helm: str, renders: dict[str, Render], toy_world, tmp_path: Path
 ) -> None:
     r = renders["cpu"]
     pod = r.gateway()["spec"]["template"]["spec"]
@@ -98,7 +126,11 @@ def test_rendered_gateway_pod_runs_and_answers_the_helm_test(
     env = relocate({**image_env(REPO / "docker" / "Dockerfile.cpu"), **container_env(gw, r)}, moves)
     for key in ("HOME", "XDG_CACHE_HOME", "HF_HOME", "SWARMGATE_CACHE"):
         assert env[key].startswith(str(tmp_path)), (key, env[key])  # nothing writes outside the volumes
-    env["SWARMGATE_SPEC"] = str(toy_spec)
+    # the model volume holds the toy world where the CPU scenario's spec looks for it; the spec volume the ConfigMap
+    (Path(moves["/models"]) / "toy").symlink_to(toy_world.root)
+    spec_dir = Path(moves["/etc/swarmgate/spec"])
+    write_configmap_volume(spec_dir, configmap_data(r, moves))
+    assert env["SWARMGATE_SPEC"] == str(spec_dir / "spec.yaml")
     env["SWARMGATE_ENGINE"] = "transformers"
     env["OMP_NUM_THREADS"] = "1"
 
@@ -168,6 +200,25 @@ def test_rendered_gateway_pod_runs_and_answers_the_helm_test(
             timeout=60,
         )
         assert wrong.returncode != 0 and "HTTP 401" in wrong.stderr, wrong.stdout + wrong.stderr
+
+        # `helm upgrade` with one more expert: the kubelet swaps the ConfigMap volume, the gateway's poll reloads it
+        upgraded = render(
+            helm,
+            "cpu",
+            extra=[
+                "--set-json",
+                'spec.experts.toy-sorter={"model":"/models/toy/base","adapter":"/models/toy/experts/sorter"}',
+            ],
+        )
+        write_configmap_volume(spec_dir, configmap_data(upgraded, moves))
+        auth = {"Authorization": f"Bearer {hook_env['SWARMGATE_API_KEYS'].split(',')[0]}"}
+        interval = float(env["SWARMGATE_SPEC_RELOAD_INTERVAL_S"])
+        deadline = time.monotonic() + 3 * interval + 30
+        models: list[str] = []
+        while time.monotonic() < deadline and "toy-sorter" not in models:
+            time.sleep(1)
+            models = [m["id"] for m in httpx.get(base + "/v1/models", headers=auth, timeout=10).json()["data"]]
+        assert "toy-sorter" in models, f"the updated ConfigMap was not reloaded: {models}\n{''.join(log[-20:])}"
 
         # the request log lands on the artifacts volume, one file per pod (what the retrain CronJob reads)
         request_log = Path(moves["/artifacts"]) / "logs" / f"{POD_NAME}.jsonl"
