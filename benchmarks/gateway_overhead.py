@@ -1,9 +1,17 @@
-"""Gateway overhead: the same toy checkpoint through swarmgate (vllm engine), through `vllm serve`, and called directly.
+"""Gateway overhead: the same checkpoint through swarmgate (vllm engine), through `vllm serve`, and called directly.
 
-All three run in this one invocation, interleaved per concurrency level, with identical prompts and greedy sampling,
-so the ratios are measured side by side. Prints a table and writes JSON.
+All three run in this one invocation, interleaved per concurrency level (alternating order per round), with identical
+prompts, greedy sampling and the same engine configuration, so the ratios are measured side by side. Non-streaming
+``/v1/completions`` requests. Reports req/s and latency per target, the gateway's req/s ratio to `vllm serve` per
+round (paired: both measured back to back) and its median, and the mean of the gateway's own
+``x-swarmgate-overhead-ms`` header. Prints a table and writes JSON; never asserts a time.
 
-    .venv/bin/python benchmarks/gateway_overhead.py [--requests 256] [--rounds 4] [--concurrency 1 8 32] [--lora] [--out runs/bench/gateway_overhead.json]
+    .venv/bin/python benchmarks/gateway_overhead.py [--requests 256] [--rounds 4] [--concurrency 1 8 32] [--lora]
+        [--model DIR] [--quick] [--out runs/bench/gateway_overhead.json]
+
+``--quick`` (64 requests, 2 rounds, 1 warm-up pass, c = 1 and 8) checks that everything runs on a busy machine; its
+numbers are not for quoting. ``--model`` takes any local HF checkpoint (default: the toy world's base), e.g. a real
+size model with random weights on a GPU.
 """
 
 from __future__ import annotations
@@ -59,12 +67,16 @@ async def drive(call, prompts: list[str], concurrency: int) -> dict:
     }
 
 
-def http_caller(client: httpx.AsyncClient, url: str, model: str, max_tokens: int):
+def http_caller(client: httpx.AsyncClient, url: str, model: str, max_tokens: int, overhead: list[float] | None = None):
+    """POST /completions; with ``overhead``, collect the gateway's ``x-swarmgate-overhead-ms`` header."""
+
     async def call(prompt: str) -> int:
         r = await client.post(
             f"{url}/completions", json={"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
         )
         r.raise_for_status()
+        if overhead is not None and "x-swarmgate-overhead-ms" in r.headers:
+            overhead.append(float(r.headers["x-swarmgate-overhead-ms"]))
         return r.json()["usage"]["completion_tokens"]
 
     return call
@@ -93,6 +105,71 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class Servers:
+    """swarmgate and `vllm serve` on the same checkpoint and engine configuration, in subprocesses on free ports."""
+
+    def __init__(self, model: str, *, max_model_len: int = 256, lora: bool = False):
+        self.model = model
+        self.engine_args: dict = {
+            "max_model_len": max_model_len,
+            "dtype": "float32",
+            "enforce_eager": True,
+            "enable_lora": lora,
+        }
+        if lora:
+            self.engine_args |= {"max_lora_rank": 16, "max_loras": 8}
+        self.lora_flags = ["--enable-lora", "--max-lora-rank", "16", "--max-loras", "8"] if lora else []
+        self.max_model_len = max_model_len
+        self.procs: list[subprocess.Popen] = []
+        self.gateway_url = self.vllm_url = ""
+
+    async def start(self) -> None:
+        work = Path(tempfile.mkdtemp(prefix="sg-bench-"))
+        spec = work / "spec.yaml"
+        spec.write_text(
+            f"experts:\n  toy-base: {{engine: vllm, model: {self.model}, engine_args: {json.dumps(self.engine_args)}}}\n"
+        )
+        gw_port, vl_port = free_port(), free_port()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        gw = subprocess.Popen(
+            [sys.executable, "-m", "swarmgate.cli", "serve", "--spec", str(spec), "--host", "127.0.0.1",
+             "--port", str(gw_port), "--log-level", "warning"],
+            cwd=REPO, env=env,
+        )  # fmt: skip
+        vl = subprocess.Popen(
+            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model, "--served-model-name",
+             "toy-base", "--host", "127.0.0.1", "--port", str(vl_port), "--max-model-len", str(self.max_model_len),
+             "--dtype", "float32", "--enforce-eager", "--disable-log-stats", "--uvicorn-log-level", "warning",
+             "--disable-uvicorn-access-log", "--gpu-memory-utilization", "0.3", *self.lora_flags],
+            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        self.procs = [gw, vl]
+        self.gateway_url, self.vllm_url = f"http://127.0.0.1:{gw_port}", f"http://127.0.0.1:{vl_port}"
+        await asyncio.gather(wait_ready(self.gateway_url, gw), wait_ready(self.vllm_url, vl))
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def toy_prompts(n: int, toy_dir: Path | None) -> tuple[str, list[str]]:
+    """(toy base checkpoint, ``n`` toy prompts over every task, seeded)."""
+    import random
+
+    from toyworld.build import ToyWorld, build_toy_world
+    from toyworld.tasks import TASKS
+
+    tw = ToyWorld.load(toy_dir) if toy_dir else build_toy_world(progress=False)
+    rng = random.Random(0)
+    names = sorted(TASKS)
+    return str(tw.base_dir), [f"Q: {TASKS[names[i % len(names)]].sample(rng).question}\nA: " for i in range(n)]
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=256, help="requests per measured pass")
@@ -106,50 +183,25 @@ async def main() -> None:
     ap.add_argument(
         "--toy-dir", type=Path, default=None, help="an existing toy world build (default: build/reuse the cached one)"
     )
+    ap.add_argument("--model", type=Path, default=None, help="a local HF checkpoint (default: the toy base)")
+    ap.add_argument("--quick", action="store_true", help="a tiny budget: 64 requests, 2 rounds, c = 1 8")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench" / "gateway_overhead.json")
     args = ap.parse_args()
+    if args.quick:
+        args.requests, args.rounds, args.warmup_passes, args.concurrency = 64, 2, 1, [1, 8]
 
     from gateway.engines import create_engine
     from gateway.engines.base import SamplingParams
-    from toyworld.build import ToyWorld, build_toy_world
-    from toyworld.tasks import TASKS
 
-    tw = ToyWorld.load(args.toy_dir) if args.toy_dir else build_toy_world(progress=False)
-    model = str(tw.base_dir)
-    import random
-
-    rng = random.Random(0)
-    names = sorted(TASKS)
-    prompts = [f"Q: {TASKS[names[i % len(names)]].sample(rng).question}\nA: " for i in range(args.requests)]
+    toy_model, prompts = toy_prompts(args.requests, args.toy_dir)
+    model = str(args.model) if args.model else toy_model
     # The same engine configuration for all three targets, so only the serving layer differs.
-    engine_args = {"max_model_len": 256, "dtype": "float32", "enforce_eager": True, "enable_lora": args.lora}
-    if args.lora:
-        engine_args |= {"max_lora_rank": 16, "max_loras": 8}
-    lora_flags = ["--enable-lora", "--max-lora-rank", "16", "--max-loras", "8"] if args.lora else []
-
-    work = Path(tempfile.mkdtemp(prefix="sg-bench-"))
-    spec = work / "spec.yaml"
-    spec.write_text(f"experts:\n  toy-base: {{engine: vllm, model: {model}, engine_args: {json.dumps(engine_args)}}}\n")
-    gw_port, vl_port = free_port(), free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    gw = subprocess.Popen(
-        [sys.executable, "-m", "swarmgate.cli", "serve", "--spec", str(spec), "--host", "127.0.0.1",
-         "--port", str(gw_port), "--log-level", "warning"],
-        cwd=REPO, env=env,
-    )  # fmt: skip
-    vl = subprocess.Popen(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--served-model-name",
-         "toy-base", "--host", "127.0.0.1", "--port", str(vl_port), "--max-model-len", "256", "--dtype", "float32",
-         "--enforce-eager", "--disable-log-stats", "--uvicorn-log-level", "warning",
-         "--gpu-memory-utilization", "0.3", *lora_flags],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    direct = create_engine("vllm", model, **engine_args)
+    servers = Servers(model, lora=args.lora)
+    direct = create_engine("vllm", model, **servers.engine_args)
+    overhead: dict[int, list[float]] = {}
     try:
-        await asyncio.gather(
-            wait_ready(f"http://127.0.0.1:{gw_port}", gw), wait_ready(f"http://127.0.0.1:{vl_port}", vl), direct.start()
-        )
-        params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0)
+        await asyncio.gather(servers.start(), direct.start())
+        params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, final_only=True)
 
         async def call_direct(prompt: str) -> int:
             return (await direct.complete(prompt, params)).completion_tokens
@@ -157,12 +209,15 @@ async def main() -> None:
         results: list[dict] = []
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
         async with httpx.AsyncClient(timeout=120, limits=limits) as client:
-            targets = {
-                "engine (direct)": call_direct,
-                "vllm serve": http_caller(client, f"http://127.0.0.1:{vl_port}/v1", "toy-base", args.max_tokens),
-                "swarmgate": http_caller(client, f"http://127.0.0.1:{gw_port}/v1", "toy-base", args.max_tokens),
-            }
             for c in args.concurrency:
+                overhead[c] = []
+                targets = {
+                    "engine (direct)": call_direct,
+                    "vllm serve": http_caller(client, f"{servers.vllm_url}/v1", "toy-base", args.max_tokens),
+                    "swarmgate": http_caller(
+                        client, f"{servers.gateway_url}/v1", "toy-base", args.max_tokens, overhead[c]
+                    ),
+                }
                 # vLLM's CPU backend speeds up over its first few hundred requests at a new batch size: warm every
                 # target at this concurrency before measuring it.
                 for call in targets.values():
@@ -175,13 +230,7 @@ async def main() -> None:
                         results.append({"target": name, "concurrency": c, "round": rnd, **r})
     finally:
         await direct.close()
-        for p in (gw, vl):
-            p.terminate()
-        for p in (gw, vl):
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        servers.stop()
 
     summary = []
     for c in args.concurrency:
@@ -196,11 +245,25 @@ async def main() -> None:
         g, v = row["swarmgate"], row["vllm serve"]
         row["rps_ratio_vs_vllm_serve"] = g["rps"] / v["rps"]
         row["added_p50_ms_vs_vllm_serve"] = g["p50_ms"] - v["p50_ms"]
+        paired = [
+            next(r["rps"] for r in results if r["target"] == "swarmgate" and r["concurrency"] == c and r["round"] == k)
+            / next(
+                r["rps"] for r in results if r["target"] == "vllm serve" and r["concurrency"] == c and r["round"] == k
+            )
+            for k in range(args.rounds)
+        ]
+        row["rps_ratio_per_round"] = paired
+        row["rps_ratio_median"] = statistics.median(paired)
+        ovh = overhead.get(c) or []
+        row["gateway_overhead_header_ms"] = {
+            "mean": statistics.mean(ovh) if ovh else None,
+            "p50": percentile(ovh, 0.5) if ovh else None,
+        }
         summary.append(row)
 
     lora = "LoRA on" if args.lora else "LoRA off"
     print(
-        f"\nGateway overhead on the toy base model ({args.requests} requests/level, max_tokens={args.max_tokens}, "
+        f"\nGateway overhead on {model} ({args.requests} requests/level, max_tokens={args.max_tokens}, "
         f"greedy, {lora} in all three engines)"
     )
     head = f"{'conc':>4} | {'target':<16} | {'req/s':>8} | {'p50 ms':>8} | {'p95 ms':>8}"
@@ -213,8 +276,13 @@ async def main() -> None:
             )
         print(
             f"{'':>4} | {'gateway/vllm':<16} | {row['rps_ratio_vs_vllm_serve']:>7.3f}x | "
-            f"{row['added_p50_ms_vs_vllm_serve']:>+8.2f} |"
+            f"{row['added_p50_ms_vs_vllm_serve']:>+8.2f} | rounds "
+            + " ".join(f"{x:.2f}x" for x in row["rps_ratio_per_round"])
+            + f" (median {row['rps_ratio_median']:.3f}x)"
         )
+        ovh = row["gateway_overhead_header_ms"]
+        if ovh["p50"] is not None:
+            print(f"{'':>4} | {'x-swarmgate-overhead-ms':<16} p50 {ovh['p50']:.3f} ms, mean {ovh['mean']:.3f} ms")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
