@@ -165,6 +165,40 @@ def graph(
     typer.echo(f"summary:      {result.output_dir / 'summary.json'}")
 
 
+@app.command("blend")
+def blend(
+    config: ConfigOpt = None,
+    resume: ResumeOpt = False,
+    force: ForceOpt = False,
+    output_dir: OutOpt = None,
+    engine: EngineOpt = None,
+    seed: SeedOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Blend weights: PSO over a token-level blend's mixture weights (and gate); writes a kind: blend spec snippet."""
+    from offline_search.blend_search import DEFAULT_CONFIG, load_blend_config, run_blend_search
+
+    _setup_logging(quiet)
+    path = config or DEFAULT_CONFIG
+    try:
+        cfg = load_blend_config(path, _overrides(engine, seed, False))
+        prepared = prepare(cfg, path, output_dir=str(output_dir) if output_dir else None)
+        _start(prepared.output_dir, resume, force)
+        result = asyncio.run(run_blend_search(prepared, resume=resume, progress=not quiet))
+    except ConfigError as exc:
+        raise _fail(exc) from None
+    s = result.summary
+    best = s["best_member_on_test"]
+    typer.echo(f"weights: {dict(zip(s['experts'], s['searched']['weights'], strict=True))}  gate: {s['searched']['gate']}")
+    typer.echo(
+        f"blend: dev {s['searched']['dev']:.4f}  test {s['searched']['test']:.4f}   uniform: test "
+        f"{s['uniform']['test']:.4f}   best member ({best}): test {s['experts'][best]['test']:.4f}   "
+        f"gain {s['test_gain_vs_best_member']}"
+    )
+    typer.echo(f"spec snippet: {result.spec_snippet}")
+    typer.echo(f"summary:      {result.output_dir / 'summary.json'}")
+
+
 @app.command("config")
 def show_config(kind: Annotated[str, typer.Argument(help="swarm or graph")]) -> None:
     """Print the default (toy-world) config of a search, to copy and edit."""

@@ -618,7 +618,7 @@ class _ScoringSession:
 
         def run() -> None:
             if self._cache is not None:
-                self._cache.crop(length)
+                self._cache.crop(length - self.length)  # negative: drop that many tokens from the end
             self.length = length
 
         await self.engine._call(run)
