@@ -431,6 +431,7 @@ def test_helm_test_hook(renders: dict[str, Render]) -> None:
         assert env["SWARMGATE_TEST_URL"]["value"] == f"http://{GATEWAY}:8000"
         assert "/v1/chat/completions" in pod["spec"]["containers"][0]["args"][0]
         assert env["SWARMGATE_TEST_MODEL"]["value"] == _values(scenario)["tests"]["model"]
+        assert pod["spec"]["containers"][0]["image"].endswith("-cpu")  # stdlib only: never the multi-GB GPU image
 
 
 def test_notes(helm: str) -> None:

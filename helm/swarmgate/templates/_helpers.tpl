@@ -69,6 +69,11 @@ swarmgate.io/engine-client: "true"
 {{- printf "%s:%s" .Values.image.repository $tag }}
 {{- end }}
 
+{{/* The `helm test` pod needs only python's stdlib: the small CPU image unless one tag is pinned for all. */}}
+{{- define "swarmgate.testImage" -}}
+{{- printf "%s:%s" .Values.image.repository (default (printf "%s-cpu" .Chart.AppVersion) .Values.image.tag) }}
+{{- end }}
+
 {{- define "swarmgate.secretName" -}}
 {{- default (include "swarmgate.child" (dict "root" . "suffix" "auth")) .Values.auth.existingSecret }}
 {{- end }}
@@ -174,6 +179,8 @@ swarmgate.io/engine-client: "true"
   value: /cache/home
 - name: XDG_CACHE_HOME
   value: /cache
+- name: XDG_CONFIG_HOME
+  value: /cache/config
 - name: TMPDIR
   value: /tmp
 - name: TRITON_CACHE_DIR
