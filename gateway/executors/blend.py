@@ -275,12 +275,14 @@ class BlendExecutor(Executor):
                 if g.session is not None:
                     await g.session.close()
         latency = (time.perf_counter() - t0) * 1e3
-        for g in groups:
+        infos: list[tuple[int, StepInfo]] = []
+        for gi, g in enumerate(groups):
             for i in g.members:
                 m = self.members[i]
                 extra: dict[str, Any] = {
                     "role": "lead" if i == self.config.lead else "member",
                     "weight": round(self.weights[i], 6),
+                    "group": gi,
                     "forward_passes": g.forwards,
                     "scored_tokens": g.scored,
                 }
@@ -295,7 +297,7 @@ class BlendExecutor(Executor):
                         "acceptance_rate": round(stats.accepted / stats.drafted, 6) if stats.drafted else None,
                         "rounds": stats.rounds,
                     }
-                yield StepInfo(
+                info = StepInfo(
                     node=str(i),
                     expert=m.name,
                     prompt_tokens=g.prompt_len,
@@ -305,6 +307,9 @@ class BlendExecutor(Executor):
                     finish_reason=out.finish_reason,
                     extra=extra,
                 )
+                infos.append((i, info))
+        for _, info in sorted(infos, key=lambda x: (x[0] != self.config.lead, x[0])):  # lead first, then spec order
+            yield info
 
     # ------------------------------------------------------------------------------------------------ decoders
     async def _step(
