@@ -60,6 +60,11 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Mutation testing of the pure cores ([tool.mutmut] in pyproject.toml); slow (tens of minutes), not in CI.
+mutation: install
+	$(BIN)/mutmut run || true
+	$(BIN)/python scripts/mutation_report.py
+
 bench: toy
 	$(BIN)/python benchmarks/gateway_overhead.py
 
