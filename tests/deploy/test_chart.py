@@ -393,6 +393,7 @@ def test_api_keys_come_from_a_secret(renders: dict[str, Render]) -> None:
         env = env_of(container(r.gateway()["spec"]["template"]["spec"], "gateway"))
         ref = env["SWARMGATE_API_KEYS"]["valueFrom"]["secretKeyRef"]
         admin = env["SWARMGATE_ADMIN_API_KEYS"]["valueFrom"]["secretKeyRef"]
+        assert ref["optional"] is False  # a Secret missing its keys must not start an open gateway
         if scenario == "gpu":  # an existing Secret: the chart renders none
             assert ref["name"] == "swarmgate-keys" and not r.of("Secret")
         else:

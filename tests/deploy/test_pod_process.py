@@ -229,7 +229,7 @@ def test_rendered_gateway_pod_runs_and_answers_the_helm_test(
         grace = pod["terminationGracePeriodSeconds"]
         proc.send_signal(signal.SIGTERM)
         try:
-            code = proc.wait(timeout=grace)
+            code: int | None = proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
