@@ -90,7 +90,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     if args.top_k:
         for c in ens.values():
             c["top_k"] = args.top_k
-    spec["ensembles"] = ens
+    spec["ensembles"] = {name.replace(" ", "_").replace("+", "-"): c for name, c in ens.items()}
     rt = await Runtime.build(parse_spec(spec, path=world.spec_path), force_engine=args.engine)
     prompts = toy_prompts(Path(world.root), args.prompts)
     rows: dict[str, dict[str, Any]] = {
@@ -110,7 +110,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                         done = await lead.complete(p, SamplingParams(max_tokens=args.max_tokens, temperature=0.0))
                         tokens += done.completion_tokens
                     else:
-                        n, blend, steps = await run_one(rt.executors[name], p, args.max_tokens)
+                        n, blend, steps = await run_one(
+                            rt.executors[name.replace(" ", "_").replace("+", "-")], p, args.max_tokens
+                        )
                         tokens += n
                         facts.append((blend, steps))
                 dt = time.perf_counter() - t0

@@ -34,6 +34,7 @@ from gateway.engines.base import (
     Chunk,
     EngineError,
     FinishReason,
+    InvalidEngineRequest,
     Prompt,
     PromptTooLong,
     SamplingParams,
@@ -173,6 +174,8 @@ class BlendExecutor(Executor):
         return min(m.engine.max_model_len for m in self.members)
 
     def count_prompt_tokens(self, prompt: Prompt) -> int | None:
+        if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+            return len(prompt)
         return max(len(m.engine.encode_for_blend(prompt)) for m in self.members)
 
     def shared_vocab(self) -> bool:
@@ -219,7 +222,7 @@ class BlendExecutor(Executor):
 
     async def _open(self, groups: list[_Group], prompt: Prompt, max_tokens: int) -> None:
         for g in groups:
-            ids = g.engine.encode_for_blend(prompt)
+            ids = self._prompt_ids(g, prompt)
             if not ids:
                 raise EngineError("blend: empty prompt")
             limit = g.engine.max_model_len
@@ -231,6 +234,14 @@ class BlendExecutor(Executor):
             g.prompt_len = len(ids)
             g.last = (await g.feed(ids, 1))[:, -1]
             g.scored = 0  # prompt tokens are reported as prompt_tokens, not scored tokens
+
+    def _prompt_ids(self, g: _Group, prompt: Any) -> list[int]:
+        """The ids a group starts from: its engine's encoding, or token ids as given (one shared vocabulary only)."""
+        if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+            if not self.shared_vocab():
+                raise InvalidEngineRequest("a blend of members with different tokenizers needs a text prompt")
+            return list(prompt)
+        return list(g.engine.encode_for_blend(prompt))
 
     def _member_logps(self, groups: list[_Group], dists: dict[int, torch.Tensor]) -> list[torch.Tensor]:
         """Per member (in spec order) its log-distribution, from ``dists[id(group)]`` of shape ``[rows, V]``."""
