@@ -11,7 +11,7 @@ export VLLM_CPU_KVCACHE_SPACE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: install toy serve router search test test-slow test-all lint bench mutation clean-toy
+.PHONY: install toy serve router search test test-slow test-all lint bench mutation deploy-check clean-toy
 
 install: $(STAMP)
 
@@ -59,6 +59,12 @@ test-all: toy
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# The Helm chart and images, offline: helm lint --strict, render + assertions, kubernetes-validate, hadolint, the pod as
+# a process (also part of `make test`).
+deploy-check: toy
+	scripts/helm-tools.sh
+	$(BIN)/python -m pytest tests/deploy -q
 
 # Mutation testing of the pure cores ([tool.mutmut] in pyproject.toml); slow (tens of minutes), not in CI.
 mutation: install
