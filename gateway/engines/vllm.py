@@ -62,6 +62,21 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
+TOKENIZED_CACHE = 256
+"""Recent prompts whose token ids are kept, so a request is tokenized once (context check, then generation)."""
+
+
+def _prompt_key(prompt: Prompt) -> Any:
+    """A hashable key for a text prompt or plain chat messages (role and string content only); None otherwise."""
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and all(
+        isinstance(m, dict) and m.keys() <= {"role", "content"} and isinstance(m.get("content"), str) for m in prompt
+    ):
+        return tuple((m.get("role"), m["content"]) for m in prompt)
+    return None
+
+
 def adapter_rank(path: str | Path) -> int | None:
     """The largest LoRA rank in a PEFT adapter directory (``r`` and ``rank_pattern``), or None if unreadable."""
     cfg = _read_json(Path(path) / "adapter_config.json")
@@ -106,6 +121,7 @@ class VLLMEngine(Engine):
         self.tool_call_parser: str | None = self.engine_args.pop("tool_call_parser", None)
         """vLLM tool parser for this model (``vllm serve --tool-call-parser``); None: tools are refused."""
         self._tools: Any = None  # gateway.engines.tools.VLLMToolCalls once started, with a parser
+        self._tokenized: dict[Any, tuple[str, list[int]]] = {}  # recent prompts -> (text, ids), oldest first
         self._lora_enabled = bool(self._arg("enable_lora"))
         self._max_lora_rank = int(self._arg("max_lora_rank"))
         self._llm: Any = None  # vllm.v1.engine.async_llm.AsyncLLM once started
@@ -237,10 +253,19 @@ class VLLMEngine(Engine):
                 prompt, tools=params.tools.tool_list(), tokenize=False, add_generation_prompt=True
             )
             return text, list(self._tokenizer.encode(text, add_special_tokens=False))
+        key = _prompt_key(prompt)
+        cached = self._tokenized.get(key) if key is not None else None
+        if cached is not None:  # the context check (count_prompt_tokens) just tokenized it: tokenize once
+            return cached
         text = self.render_prompt(prompt)
         self._engine()
         ids = self._tokenizer.encode(text, add_special_tokens=isinstance(prompt, str))
-        return text, list(ids)
+        out = (text, list(ids))
+        if key is not None:
+            self._tokenized[key] = out
+            if len(self._tokenized) > TOKENIZED_CACHE:
+                self._tokenized.pop(next(iter(self._tokenized)))
+        return out
 
     def tokenize(self, prompt: Prompt) -> list[int]:
         """The token ids the model sees for ``prompt`` (BOS for text; the chat template's own for messages)."""

@@ -227,3 +227,22 @@ def test_chat_frame_of_the_toy_template(engine: Any) -> None:
     eng, _ = engine
     assert eng.chat_frame() == ("Q: ", "\nA: ")
     assert Engine.chat_frame(eng) == ("Q: ", "\nA: ")
+
+
+@pytest.mark.vllm
+def test_vllm_tool_parser_reads_calls(toy_world: Any) -> None:
+    from vllm.tokenizers import get_tokenizer
+
+    from gateway.engines.tools import VLLMToolCalls
+
+    tools = ToolRequest(tools=json.dumps([{"type": "function", "function": {"name": "add", "parameters": {}}}]))
+    parser = VLLMToolCalls("hermes", get_tokenizer(str(toy_world.root / "big")), "big")
+    content, calls = parser.parse('<tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call>', tools)
+    assert content == "" and [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] == [
+        ("add", {"a": 1})
+    ]
+    assert parser.parse("46", tools) == ("46", [])
+    named = ToolRequest(tools=tools.tools, tool_choice='{"type": "function", "function": {"name": "add"}}')
+    assert parser.parse('{"a": 2}', named)[1][0]["function"] == {"name": "add", "arguments": '{"a": 2}'}
+    assert parser.structured_schema(tools) is None
+    assert parser.structured_schema(named) == {"type": "object", "properties": {}}
