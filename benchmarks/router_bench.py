@@ -40,7 +40,9 @@ def pct(xs: list[float], q: float) -> float:
 def questions_of(cfg: Any, n: int) -> list[str]:
     from router.workflow import load_split
 
-    qs = [e.question for e in load_split(cfg, cfg.data.eval_split)]
+    # training questions: a benchmark's traffic may end up in a request log that `router retrain` reads, and dev /
+    # test questions must never become training data (retrain also drops them, and says how many)
+    qs = [e.question for e in load_split(cfg, cfg.data.train_split)]
     rng = np.random.default_rng(0)
     return [qs[i] for i in rng.permutation(len(qs))[:n]]
 

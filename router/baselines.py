@@ -85,23 +85,33 @@ class RouteClassifier:
         l2: float = 1e-3,
         seed: int = 0,
     ) -> RouteClassifier:
-        """Full-batch Adam on cross-entropy (a convex problem: the result barely depends on the seed)."""
-        import torch
-
+        """Full-batch Adam on L2-regularised cross-entropy, in numpy (a convex problem: the result barely depends
+        on the seed; no torch threads to fight over on a busy machine)."""
         routes = sorted({tuple(r) for r in labels})
         index = {r: i for i, r in enumerate(routes)}
-        y = torch.tensor([index[tuple(r)] for r in labels])
-        x = torch.as_tensor(np.asarray(features, dtype=np.float32))
-        g = torch.Generator().manual_seed(seed)
-        w = (torch.randn(len(routes), x.shape[1], generator=g) * 0.01).requires_grad_()
-        b = torch.zeros(len(routes), requires_grad=True)
-        opt = torch.optim.Adam([w, b], lr=0.05, weight_decay=l2)
-        for _ in range(epochs):
-            opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(x @ w.T + b, y)
-            loss.backward()
-            opt.step()
-        return cls(routes, w.detach().numpy(), b.detach().numpy())
+        y = np.array([index[tuple(r)] for r in labels])
+        x = np.asarray(features, dtype=np.float64)
+        n, k = len(y), len(routes)
+        onehot = np.zeros((n, k))
+        onehot[np.arange(n), y] = 1.0
+        rng = np.random.default_rng(seed)
+        params = [rng.normal(0, 0.01, (k, x.shape[1])), np.zeros(k)]
+        m = [np.zeros_like(q) for q in params]
+        v = [np.zeros_like(q) for q in params]
+        lr, b1, b2 = 0.05, 0.9, 0.999
+        for t in range(1, epochs + 1):
+            w, b = params
+            z = x @ w.T + b
+            z -= z.max(axis=1, keepdims=True)
+            prob = np.exp(z)
+            prob /= prob.sum(axis=1, keepdims=True)
+            d = (prob - onehot) / n
+            grads = [d.T @ x + l2 * w, d.sum(axis=0)]
+            for i, g in enumerate(grads):
+                m[i] = b1 * m[i] + (1 - b1) * g
+                v[i] = b2 * v[i] + (1 - b2) * g * g
+                params[i] = params[i] - lr * (m[i] / (1 - b1**t)) / (np.sqrt(v[i] / (1 - b2**t)) + 1e-8)
+        return cls(routes, params[0].astype(np.float32), params[1].astype(np.float32))
 
     def route(self, feature: np.ndarray) -> list[str]:
         return list(self.routes[int(np.argmax(self.weight @ feature + self.bias))])

@@ -48,12 +48,13 @@ def serve(
         typer.echo(f"error: invalid settings: {exc}", err=True)
         raise typer.Exit(2) from None
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if settings.spec is None:
+    if settings.spec is None:  # the toy world's experts plus its searched/trained ensembles (built once, cached)
+        from swarmgate.ensembles import build_ensembles
         from toyworld.build import build_toy_world
 
-        tw = build_toy_world()
-        typer.echo(f"serving the toy world: {tw.spec_path}")
-        settings.spec = tw.spec_path
+        spec_path = build_ensembles(build_toy_world())
+        typer.echo(f"serving the toy world and its ensembles: {spec_path}")
+        settings.spec = spec_path
     from gateway.spec import SpecError, load_spec
 
     try:
@@ -75,6 +76,17 @@ def toy_build(
     tw = build_toy_world(root, force=force)
     typer.echo(format_matrix(tw.accuracy, tw.chain_accuracy))
     typer.echo(f"toy world: {tw.root}\nspec: {tw.spec_path}")
+
+
+@toy_app.command("ensembles")
+def toy_ensembles(
+    force: Annotated[bool, typer.Option(help="Rebuild even if a finished build exists.")] = False,
+) -> None:
+    """Build (or reuse) toy-swarm, toy-dag and toy-router at small budgets; print the spec serving them."""
+    from swarmgate.ensembles import build_ensembles
+    from toyworld.build import build_toy_world
+
+    typer.echo(build_ensembles(build_toy_world(), force=force))
 
 
 @toy_app.command("path")

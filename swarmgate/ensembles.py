@@ -1,0 +1,237 @@
+"""Ensembles served out of the box: a searched swarmed expert, a searched DAG and a trained router over the toy world.
+
+``build_ensembles()`` runs the project's own offline tools at small budgets (minutes on two cores, the transformers
+engine, no vLLM needed):
+- ``toy-swarm``: Model Swarms (``offline_search.model_swarms``) over the four LoRA specialists;
+- ``toy-dag``: Heterogeneous Swarms (``offline_search.hetero_swarms``) for the composed task ``addrev``;
+- ``toy-router``: trajectory collection + PPO (``router.workflow``), a ``kind: chain`` over every toy expert;
+then writes ``spec.yaml`` serving the toy world's experts plus those three (and ``toy-blend`` when the toy world
+has the generalists ``toy-gen-a/b/c`` and the spec loader knows ``kind: blend``). Everything is cached under
+``<toy world>/ensembles/<hash>``, the hash covering the small configs below and the toy world's own hash, so a second
+call returns at once. Small budgets mean these are demonstrations that the pipeline works end to end, not the best
+the searches can do: ``swarmgate search ...`` and ``swarmgate router ...`` with the default configs go further.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+SWARM = {
+    "swarm_size": 6,
+    "pso": {"max_iterations": 3, "patience": 2, "restart_patience": 2},
+    "data": {"dev_limit": 12, "test_limit": 20},
+}
+"""Overrides of ``offline_search/configs/toy_swarm.yaml`` (small budget)."""
+GRAPH = {
+    "swarm_size": 6,
+    "pso": {"max_iterations": 3, "patience": 2},
+    "weight_step": {"iterations": 0},
+    "data": {"dev_limit": 12, "test_limit": 20},
+}
+"""Overrides of ``offline_search/configs/toy_graph.yaml`` (small budget; no weight-step)."""
+ROUTER = {
+    "data": {"limit_per_task": 8, "eval_limit_per_task": 8},
+    "env": {"max_steps": 2},
+    "train": {"total_timesteps": 20000, "n_envs": 4, "progress_bar": False},
+    "ppo": {"n_steps": 256, "batch_size": 256},
+    "collect": {"engine": "transformers"},
+}
+"""Overrides of ``router/toy.yaml`` (small budget: 2 steps, 8 training questions per task)."""
+BLEND_EXPERTS = ("toy-gen-a", "toy-gen-b", "toy-gen-c")
+"""Generalists a ``toy-blend`` ensemble mixes, when the toy world has them."""
+
+EnsembleHook = Callable[[dict[str, Any]], dict[str, dict[str, Any]]]
+"""Given the toy world's spec (as data), extra ensembles to serve (name -> entry)."""
+
+
+def blend_hook(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``toy-blend`` (``kind: blend``) over the generalists, when the toy world has all three."""
+    experts = spec.get("experts") or {}
+    if not all(e in experts for e in BLEND_EXPERTS):
+        return {}
+    return {
+        "toy-blend": {
+            "kind": "blend",
+            "experts": list(BLEND_EXPERTS),
+            "weights": [0.4, 0.3, 0.3],
+            "lead": BLEND_EXPERTS[0],
+            "description": "token-level blend of the three toy generalists",
+        }
+    }
+
+
+HOOKS: tuple[EnsembleHook, ...] = (blend_hook,)
+"""Extra ensembles added to the served spec (each dropped, with a warning, if the spec loader refuses it)."""
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def ensembles_hash(world_root: Path) -> str:
+    """Hash of the small configs, the default configs they override, this module and the toy world's build."""
+    from offline_search.config import default_config_path
+    from router.config import TOY_CONFIG
+
+    h = hashlib.sha256()
+    h.update(json.dumps([SWARM, GRAPH, ROUTER], sort_keys=True).encode())
+    for p in (default_config_path("swarm"), default_config_path("graph"), TOY_CONFIG, Path(__file__)):
+        h.update(p.read_bytes())
+    h.update(world_root.name.encode())  # the toy world's content hash
+    return h.hexdigest()[:16]
+
+
+def _absolute_spec(world: Any) -> dict[str, Any]:
+    data = yaml.safe_load(Path(world.spec_path).read_text()) or {}
+    for expert in (data.get("experts") or {}).values():
+        for key in ("model", "adapter"):
+            value = expert.get(key)
+            if value and not Path(value).is_absolute() and (Path(world.root) / value).exists():
+                expert[key] = str((Path(world.root) / value).resolve())
+    return data
+
+
+def _search(kind: str, overrides: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Run one search at a small budget; return its spec snippet (as data)."""
+    from offline_search.config import default_config_path, load_graph_config, load_swarm_config, prepare
+
+    data = yaml.safe_load(default_config_path(kind).read_text())  # type: ignore[arg-type]
+    data = _merge(data, overrides)
+    data["output_dir"] = str(out / kind)
+    data["engine"] = "transformers"
+    path = out / f"{kind}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    if out.joinpath(kind).exists():
+        shutil.rmtree(out / kind)
+    if kind == "swarm":
+        from offline_search.model_swarms import run_swarm_search
+
+        cfg = load_swarm_config(path)
+        result = asyncio.run(run_swarm_search(prepare(cfg, path), progress=False))
+    else:
+        from offline_search.hetero_swarms import run_graph_search
+
+        cfg = load_graph_config(path)
+        result = asyncio.run(run_graph_search(prepare(cfg, path), progress=False))
+    snippet = yaml.safe_load(result.spec_snippet.read_text())
+    for group in ("experts", "ensembles"):  # searched on transformers; served like the toy experts (auto)
+        for entry in (snippet.get(group) or {}).values():
+            if entry.get("engine") == "transformers":
+                entry["engine"] = "auto"
+    return snippet
+
+
+def _router(out: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    """Collect + PPO at a small budget; return the ``kind: chain`` entry."""
+    from router.config import TOY_CONFIG, config_from_dict, resolve_toy
+    from router.workflow import collect_splits, load_split, train_on
+
+    data = _merge(yaml.safe_load(TOY_CONFIG.read_text()), ROUTER)
+    data.update(cache="trajectories.sqlite", policy_dir="policy", eval_dir="eval")
+    d = out / "router"
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = resolve_toy(config_from_dict(data, base=d, where="swarmgate.ensembles.ROUTER"))
+    collect_splits(cfg, [cfg.data.train_split], progress=False, say=say)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, progress_bar=False))
+    train_on(cfg, load_split(cfg, cfg.data.train_split), progress=False, say=say)
+    return {
+        "kind": "chain",
+        "policy": str(Path(cfg.policy_dir).resolve()),
+        "experts": list(cfg.experts),
+        "max_steps": cfg.env.max_steps,
+        "description": "PPO-routed chain over the toy experts (DER); trained at a small budget",
+    }
+
+
+def _validated(spec: dict[str, Any], path: Path, optional: set[str]) -> dict[str, Any]:
+    """Write ``spec`` and load it; drop optional ensembles the loader refuses (e.g. a kind it does not know yet)."""
+    from gateway.spec import SpecError, load_spec
+
+    while True:
+        path.write_text(yaml.safe_dump(spec, sort_keys=False))
+        try:
+            load_spec(path)
+            return spec
+        except SpecError as exc:
+            bad = [n for n in optional if n in (spec.get("ensembles") or {}) and n in str(exc)]
+            if not bad:
+                raise
+            for n in bad:
+                log.warning("not serving %s: %s", n, exc)
+                spec["ensembles"].pop(n)
+                optional.discard(n)
+
+
+def build_ensembles(world: Any = None, *, force: bool = False, say: Callable[[str], None] = print) -> Path:
+    """Build (or reuse) the toy ensembles and return the path of the spec serving them with the toy experts."""
+    from toyworld.build import build_toy_world
+
+    world = world or build_toy_world(progress=False)
+    root = Path(world.root) / "ensembles" / ensembles_hash(Path(world.root))
+    spec_path = root / "spec.yaml"
+    if spec_path.is_file() and (root / "done.json").is_file() and not force:
+        return spec_path
+    tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    t0 = time.perf_counter()
+    times: dict[str, float] = {}
+    try:
+        spec = _absolute_spec(world)
+        ensembles: dict[str, Any] = {}
+        say("toy ensembles: Model Swarms (toy-swarm) ...")
+        t = time.perf_counter()
+        snippet = _search("swarm", SWARM, tmp)
+        ensembles.update(snippet.get("ensembles") or {})
+        times["swarm"] = time.perf_counter() - t
+        say("toy ensembles: Heterogeneous Swarms (toy-dag) ...")
+        t = time.perf_counter()
+        snippet = _search("graph", GRAPH, tmp)
+        spec["experts"].update(snippet.get("experts") or {})
+        ensembles.update(snippet.get("ensembles") or {})
+        times["dag"] = time.perf_counter() - t
+        say("toy ensembles: router collect + PPO (toy-router) ...")
+        t = time.perf_counter()
+        ensembles["toy-router"] = _router(tmp, say=lambda m: log.info("%s", m))
+        times["router"] = time.perf_counter() - t
+        optional: set[str] = set()
+        for hook in HOOKS:
+            extra = hook(spec)
+            optional.update(extra)
+            ensembles.update(extra)
+        spec["ensembles"] = {**(spec.get("ensembles") or {}), **ensembles}
+        # the searches wrote absolute paths under tmp: point them at the final directory
+        text = yaml.safe_dump(spec, sort_keys=False).replace(str(tmp.resolve()), str(root.resolve()))
+        spec = yaml.safe_load(text)
+        for p in tmp.rglob("topology.json"):
+            p.write_text(p.read_text().replace(str(tmp.resolve()), str(root.resolve())))
+        if root.exists():
+            shutil.rmtree(root)
+        os.rename(tmp, root)
+        spec = _validated(spec, spec_path, optional)
+        (root / "done.json").write_text(
+            json.dumps({"seconds": round(time.perf_counter() - t0, 1), "steps": times, "ensembles": list(ensembles)})
+            + "\n"
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    say(f"toy ensembles built in {time.perf_counter() - t0:.0f}s: {spec_path}")
+    return spec_path

@@ -1,0 +1,100 @@
+"""What search reports stand on: cut outputs score 0 (and stay cut through the output cache), hand-wired chains
+as a graph-search baseline, and (slow) the baselines every search summary reports."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gateway.engines.base import Adapter, Completion, Prompt, SamplingParams
+from gateway.executors.base import ExpertHandle
+from gateway.executors.dag import PROMPT_PRESETS, DagExecutor
+from offline_search.datasets import Example
+from offline_search.generation import BatchGenerator, OutputCache, is_truncated
+from offline_search.hetero_swarms import chain_topology
+from offline_search.utilities import ExactMatch, Multitask
+from tests.offline_search.fakes import RuleEngine, _content, apply_skill
+
+
+class CuttingEngine(RuleEngine):
+    """RuleEngine that says ``length`` when ``max_tokens`` cut the answer, as real engines do."""
+
+    async def complete_batch(
+        self, prompts: Sequence[Prompt], params: SamplingParams, *, adapters: Sequence[Adapter | None] | None = None
+    ) -> list[Completion]:
+        done = await super().complete_batch(prompts, params, adapters=adapters)
+        out = []
+        for p, a, c in zip(prompts, adapters or [None] * len(prompts), done, strict=True):
+            skill = (a.name if a else "echo").split("@")[0].split("-")[-1]
+            full = apply_skill(skill, _content(p))
+            out.append(dataclasses.replace(c, finish_reason="length" if len(full) > params.max_tokens else "stop"))
+        return out
+
+
+def adder(engine: RuleEngine) -> ExpertHandle:
+    return ExpertHandle(name="adder", engine=engine, adapter=Adapter(name="toy-add@0", path="/x"))
+
+
+async def test_a_cut_answer_scores_zero_even_when_its_text_is_the_reference(tmp_path: Path) -> None:
+    gen = BatchGenerator(OutputCache(tmp_path / "cache.jsonl"))
+    params = SamplingParams(max_tokens=2, temperature=0.0)
+    prompts = [[{"role": "user", "content": q}] for q in ("add 50 60", "add 1 2")]
+    outs = await gen.generate(adder(CuttingEngine()), prompts, params)
+    assert outs == ["11", "3"] and [is_truncated(o) for o in outs] == [True, False]
+    examples = [Example(question="add 50 60", answer="11", task="a"), Example(question="add 1 2", answer="3", task="b")]
+    r = await ExactMatch().score(examples, outs)
+    assert r.per_example == [0.0, 1.0]  # "11" equals the reference, but it was cut from "110"
+    assert (await Multitask(ExactMatch()).score(examples, outs)).value == 0.0
+    # a resumed search reads the cut flag back from the cache file
+    again = await BatchGenerator(OutputCache(tmp_path / "cache.jsonl")).generate(
+        adder(CuttingEngine()), prompts, params
+    )
+    assert [is_truncated(o) for o in again] == [True, False]
+    # room for the whole answer: nothing is cut, the right answer scores
+    whole = await BatchGenerator().generate(adder(CuttingEngine()), prompts, SamplingParams(max_tokens=8))
+    assert (await ExactMatch().score([dataclasses.replace(examples[0], answer="110"), examples[1]], whole)).value == 1
+
+
+async def test_hand_wired_chain_runs_first_then_second() -> None:
+    eng = RuleEngine()
+    handles = {
+        "adder": ExpertHandle(name="adder", engine=eng, adapter=Adapter(name="toy-add@0", path="/x")),
+        "reverser": ExpertHandle(name="reverser", engine=eng, adapter=Adapter(name="toy-rev@0", path="/x")),
+    }
+    topo = chain_topology("adder", "reverser", PROMPT_PRESETS["toy"])
+    assert topo.edges == (("adder", "reverser"),) and topo.final == "reverser"
+    run = await DagExecutor("chain", topo, handles).run_batch(["addrev 12 34"], SamplingParams(max_tokens=8))
+    assert run.outputs == ["64"]
+
+
+@pytest.mark.slow
+async def test_search_summaries_report_their_baselines(toy_world, tmp_path: Path) -> None:
+    from offline_search.config import default_config_path, load_graph_config, load_swarm_config, prepare
+    from offline_search.hetero_swarms import run_graph_search
+    from offline_search.model_swarms import run_swarm_search
+
+    def config(kind: str, **over: object) -> Path:
+        data = yaml.safe_load(default_config_path(kind).read_text())  # type: ignore[arg-type]
+        data.update(over, output_dir=str(tmp_path / kind), engine="transformers")
+        data["data"] = {**data["data"], "dev_limit": 4, "test_limit": 4}
+        data["swarm_size"] = 5
+        data["pso"] = {"max_iterations": 2}
+        path = tmp_path / f"{kind}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    p = config("swarm")
+    s = (await run_swarm_search(prepare(load_swarm_config(p), p), progress=False)).summary
+    b = s["baselines"]
+    assert 0 <= b["best_initial_particle"]["index"] < 5 and "test" in b["uniform_average"]
+    assert b["best_initial_particle"]["dev"] <= s["best"]["dev"]  # the search's best includes the initial swarm
+    assert s["best"]["found_at_iteration"] is not None
+    p = config("graph", weight_step={"iterations": 0})
+    g = (await run_graph_search(prepare(load_graph_config(p), p), progress=False)).summary
+    b = g["baselines"]
+    assert len(b["chains_dev"]) == 4 * 3 and b["best_chain"]["chain"] in b["chains_dev"]
+    assert b["random_search"]["evaluations"] == g["utility_evaluations"]
