@@ -101,6 +101,7 @@ _DESCRIPTIONS = {
     403: "Admin endpoints closed for this caller",
     404: "Unknown model or path",
     405: "Method not allowed (see the `Allow` header)",
+    409: "Conflict with the server's configuration (e.g. feedback without a request log)",
     413: "Request body too large",
     429: "Concurrency limit and queue full",
     500: "Internal error",
@@ -113,6 +114,7 @@ _STATUSES: dict[str, tuple[int, ...]] = {
     "/v1/completions": (400, 401, 404, 413, 429, 502, 503, 504),
     "/v1/models": (401, 503),
     "/v1/models/{model_id}": (401, 404, 503),
+    "/v1/feedback": (400, 401, 404, 409, 413, 503),
     "/admin/reload": (400, 401, 403, 413, 500),
     "/metrics": (401,),
     "/ready": (503,),
@@ -135,10 +137,12 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         for method, op in operations.items():
             responses = op.setdefault("responses", {})
             responses.pop("422", None)
-            statuses = _STATUSES.get(path, ())
-            if method == "post" and 413 not in statuses:
-                statuses = (*statuses, 413)
-            for code in statuses:
+            statuses = set(_STATUSES.get(path, ()))
+            if method in ("post", "put", "patch"):  # any body can be malformed or too large
+                statuses |= {400, 413}
+            if path.startswith("/v1/"):  # keys, draining
+                statuses |= {401, 503}
+            for code in sorted(statuses):
                 if path in ("/ready", "/health"):
                     responses[str(code)] = {"description": _DESCRIPTIONS[code]}
                 else:
