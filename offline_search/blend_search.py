@@ -31,6 +31,7 @@ from pydantic import Field
 from gateway import blending as B
 from gateway.engines.base import SamplingParams
 from gateway.executors.base import ExecRequest, ExpertHandle, StepInfo
+from gateway.executors.blend import scoring
 from offline_search.config import ConfigError, Prepared, PSOSettings, _load, _SearchBase
 from offline_search.datasets import Example
 from offline_search.evaluate import EnginePool, build_utility, expert_handle, question_prompt, relative_gain
@@ -104,8 +105,8 @@ class CachedGreedyBlend:
         self.stop = stop
         self.cache: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
         self.engine = members[lead].engine
-        self.eos = self.engine.blend_eos_ids()
-        self.tok = self.engine.blend_tokenizer()
+        self.eos = scoring(self.engine).blend_eos_ids()
+        self.tok = scoring(self.engine).blend_tokenizer()
         self.misses = 0
 
     async def dist(self, i: int, ids: tuple[int, ...]) -> torch.Tensor:
@@ -235,19 +236,19 @@ class BlendSearch:
             for m in self.members:
                 if not callable(getattr(m.engine, "open_scoring", None)):
                     raise ConfigError(self.p.config_path, "experts", f"{m.name}: engine can't score tokens")
-            vocab0 = self.members[0].engine.blend_tokenizer().get_vocab()
-            if any(m.engine.blend_tokenizer().get_vocab() != vocab0 for m in self.members):
+            vocab0 = scoring(self.members[0].engine).blend_tokenizer().get_vocab()
+            if any(scoring(m.engine).blend_tokenizer().get_vocab() != vocab0 for m in self.members):
                 raise ConfigError(
                     self.p.config_path, "experts", "blend search needs members with one tokenizer (shared vocabulary)"
                 )
             gen = cfg.generation
             dev, test = self.p.splits.dev, self.p.splits.test
             for e in [*dev, *test]:
-                self.prompt_ids[e.question] = self.members[self.lead].engine.encode_for_blend(
+                self.prompt_ids[e.question] = scoring(self.members[self.lead].engine).encode_for_blend(
                     question_prompt(gen, e.question)
                 )
             self.decoder = CachedGreedyBlend(self.members, self.lead, cfg.rule, gen.max_tokens, tuple(gen.stop))
-            m = len(self.members)
+            n_members = len(self.members)
 
             if resume and ParticleSwarm.saved_iteration(state_dir) is not None:
                 swarm, extra = ParticleSwarm.load(state_dir)
@@ -260,7 +261,7 @@ class BlendSearch:
                 run_log.write("start", experts=self.names, dev=len(dev), test=len(test))
 
             async def evaluate(positions: list[Any], iteration: int) -> tuple[list[float | None], dict[str, Any]]:
-                parts = [decode_position(x, m, cfg.search_gate) for x in positions]
+                parts = [decode_position(x, n_members, cfg.search_gate) for x in positions]
                 us: list[float | None] = [await self._dev_utility(p, dev) for p in parts]
                 return us, {"weights": [p.weights for p in parts], "gates": [p.gate for p in parts]}
 
@@ -275,8 +276,9 @@ class BlendSearch:
                 desc="blend weights",
             )
             assert swarm.global_best_x is not None
-            best = decode_position(swarm.global_best_x, m, cfg.search_gate)
-            uniform = Particle([1.0 / m] * m, None)
+            assert isinstance(swarm.global_best_x, torch.Tensor)
+            best = decode_position(swarm.global_best_x, n_members, cfg.search_gate)
+            uniform = Particle([1.0 / n_members] * n_members, None)
             summary: dict[str, Any] = {"experts": {}, "lead": self.names[self.lead], "rule": cfg.rule}
             for name, member in zip(self.names, self.members, strict=True):
                 d = (await self.utility.score(dev, await self._member_answers(member, dev))).value

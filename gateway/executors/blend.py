@@ -46,6 +46,12 @@ from gateway.executors.base import ExecEvent, ExecRequest, Executor, ExpertHandl
 log = logging.getLogger(__name__)
 
 
+def scoring(engine: Any) -> Any:
+    """An engine seen through its blending methods (``open_scoring``, ``blend_tokenizer``, ``blend_eos_ids``,
+    ``encode_for_blend``; see ``gateway.engines.base.can_score``): typed loosely, as only some engines have them."""
+    return engine
+
+
 @dataclass(frozen=True)
 class BlendConfig:
     """How a blend decodes (the spec's ``kind: blend`` fields, resolved)."""
@@ -176,21 +182,24 @@ class BlendExecutor(Executor):
     def count_prompt_tokens(self, prompt: Prompt) -> int | None:
         if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
             return len(prompt)
-        return max(len(m.engine.encode_for_blend(prompt)) for m in self.members)
+        return max(len(scoring(m.engine).encode_for_blend(prompt)) for m in self.members)
 
     def shared_vocab(self) -> bool:
         """All members speak one tokenizer (same vocabulary and end tokens): no alignment needed."""
         if self._shared is None:
             engines = {id(m.engine): m.engine for m in self.members}
             first, *rest = engines.values()
-            v0, e0 = first.blend_tokenizer().get_vocab(), first.blend_eos_ids()
-            self._shared = all(e.blend_tokenizer().get_vocab() == v0 and e.blend_eos_ids() == e0 for e in rest)
+            v0, e0 = scoring(first).blend_tokenizer().get_vocab(), scoring(first).blend_eos_ids()
+            self._shared = all(
+                scoring(e).blend_tokenizer().get_vocab() == v0 and scoring(e).blend_eos_ids() == e0 for e in rest
+            )
         return self._shared
 
     def alignment(self) -> B.VocabAlignment:
         if self._alignment is None:
             self._alignment = B.VocabAlignment.from_tokenizers(
-                [m.engine.blend_tokenizer() for m in self.members], [m.engine.blend_eos_ids() for m in self.members]
+                [scoring(m.engine).blend_tokenizer() for m in self.members],
+                [scoring(m.engine).blend_eos_ids() for m in self.members],
             )
         return self._alignment
 
@@ -241,7 +250,7 @@ class BlendExecutor(Executor):
             if not self.shared_vocab():
                 raise InvalidEngineRequest("a blend of members with different tokenizers needs a text prompt")
             return list(prompt)
-        return list(g.engine.encode_for_blend(prompt))
+        return list(scoring(g.engine).encode_for_blend(prompt))
 
     def _member_logps(self, groups: list[_Group], dists: dict[int, torch.Tensor]) -> list[torch.Tensor]:
         """Per member (in spec order) its log-distribution, from ``dists[id(group)]`` of shape ``[rows, V]``."""
@@ -474,10 +483,8 @@ class BlendExecutor(Executor):
                 single = al.token_of[member].get(choice)
                 if piece == B.EOS_KEY:
                     continue
-                tok = g.engine.blend_tokenizer()
-                new = B.advance_ids(
-                    g.ids, g.text, piece, single, lambda s, tok=tok: list(tok.encode(s, add_special_tokens=False))
-                )
+                tok = scoring(g.engine).blend_tokenizer()
+                new = B.advance_ids(g.ids, g.text, piece, single, _encoder(tok))
                 g.text += piece
                 await g.set_ids(new)
             chunk = out.add_text(piece, target, choice)
@@ -492,8 +499,8 @@ class _Output:
 
     def __init__(self, ex: BlendExecutor, params: SamplingParams, mode: str):
         self.params = params
-        self.tok = ex.lead.engine.blend_tokenizer()
-        self.eos_ids = ex.lead.engine.blend_eos_ids()
+        self.tok = scoring(ex.lead.engine).blend_tokenizer()
+        self.eos_ids = scoring(ex.lead.engine).blend_eos_ids()
         self.alignment = ex.alignment() if mode == "aligned" else None
         self.ids: list[int] = []
         self.pieces: list[str] = []
@@ -563,6 +570,15 @@ class _Output:
             chunk.completion_tokens = self.completion_tokens
             return chunk
         return chunk if (delta or lp) else None
+
+
+def _encoder(tok: Any) -> Any:
+    """A member's text -> ids, without special tokens (how generated text is re-encoded)."""
+
+    def encode(text: str) -> list[int]:
+        return list(tok.encode(text, add_special_tokens=False))
+
+    return encode
 
 
 def _generator(params: SamplingParams) -> torch.Generator | None:
