@@ -129,7 +129,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     r["lead_fw"] += steps[0]["forward_passes"]
                     groups = {s["group"]: s["forward_passes"] for s in steps if s["group"] != steps[0]["group"]}
                     r["others_fw"] += sum(groups.values())
-        topk = await topk_error(args, world, spec, members, prompts) if args.topk_error else None
+        topk = await topk_error(args, world, spec, members, prompts, rt) if args.topk_error else None
     finally:
         await rt.close()
     base = rows["lead alone"]["tokens"] / rows["lead alone"]["seconds"]
@@ -166,7 +166,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def topk_error(
-    args: argparse.Namespace, world: Any, spec: dict[str, Any], members: list[str], prompts: list[str]
+    args: argparse.Namespace, world: Any, spec: dict[str, Any], members: list[str], prompts: list[str], rt: Any
 ) -> list[dict[str, Any]]:
     """TV(blend over the union of vLLM top-k, exact blend of transformers' full distributions) along greedy paths."""
     import torch
@@ -178,7 +178,8 @@ async def topk_error(
     weights = [0.5, 0.25, 0.25][: len(members)]
     exps = {n: spec["experts"][n] for n in members}
     tf = await Runtime.build(parse_spec({"experts": exps}, path=world.spec_path), force_engine="transformers")
-    vl = await Runtime.build(parse_spec({"experts": exps}, path=world.spec_path), force_engine="vllm")
+    own_vl = args.engine != "vllm"
+    vl = await Runtime.build(parse_spec({"experts": exps}, path=world.spec_path), force_engine="vllm") if own_vl else rt
     out = []
     try:
         ks = [int(k) for k in args.topk_values]
@@ -219,7 +220,8 @@ async def topk_error(
             )
     finally:
         await tf.close()
-        await vl.close()
+        if own_vl:
+            await vl.close()
     return out
 
 
