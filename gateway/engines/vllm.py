@@ -245,7 +245,13 @@ class VLLMEngine(Engine):
         return out
 
     def _prompt_token_ids(self, prompt: Prompt, params: SamplingParams | None = None) -> tuple[str | None, list[int]]:
-        if isinstance(prompt, tuple):  # token ids (/v1/completions): exactly these (vLLM checks the vocabulary)
+        if isinstance(prompt, tuple):  # token ids (/v1/completions): exactly these, checked against the vocabulary
+            vocab = int(self._engine().model_config.get_vocab_size())
+            bad = [t for t in prompt if not 0 <= int(t) < vocab]
+            if bad:
+                raise InvalidEngineRequest(
+                    f"token ids {bad[:5]} are outside the vocabulary (0..{vocab - 1})", param="prompt"
+                )
             return None, [int(t) for t in prompt]
         if params is not None and params.tools is not None and not isinstance(prompt, str):
             self._engine()

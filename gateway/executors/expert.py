@@ -5,9 +5,11 @@ Every request field is honoured by the expert's engine or refused before the cal
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 
-from gateway.engines.base import Prompt
+from gateway.engines.base import InvalidEngineRequest, Prompt, PromptTooLong
+from gateway.errors import InvalidRequestError
 from gateway.executors.base import ExecEvent, ExecRequest, Executor, ExpertHandle
 from gateway.executors.raw import refuse_unsupported
 
@@ -26,9 +28,26 @@ class ExpertExecutor(Executor):
         return self.expert.engine.max_model_len
 
     def count_prompt_tokens(self, prompt: Prompt) -> int | None:
-        return self.expert.engine.count_prompt_tokens(prompt)
+        with _field_errors():
+            return self.expert.engine.count_prompt_tokens(prompt)
 
     async def stream(self, request: ExecRequest) -> AsyncIterator[ExecEvent]:
         refuse_unsupported(self.name, self.expert, request.params)
-        async for event in self.expert.stream_step("0", request.prompt, request.params, request_id=request.request_id):
-            yield event
+        with _field_errors():
+            async for event in self.expert.stream_step(
+                "0", request.prompt, request.params, request_id=request.request_id
+            ):
+                yield event
+
+
+@contextlib.contextmanager
+def _field_errors() -> Iterator[None]:
+    """An engine's refusal that names a field (bad token ids, a schema it can't compile) stays a 400 naming it."""
+    try:
+        yield
+    except PromptTooLong:
+        raise  # the serving layer words it (context_length_exceeded)
+    except InvalidEngineRequest as exc:
+        if exc.param is None:
+            raise
+        raise InvalidRequestError(str(exc), param=exc.param) from None
