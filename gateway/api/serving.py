@@ -439,8 +439,10 @@ class OpenAIServing:
                 t.cancel()
 
         async def next_item() -> tuple[int, Any]:
-            remaining = deadline - time.perf_counter()
-            return await asyncio.wait_for(queue.get(), timeout=max(remaining, 0.001))
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that lands as an item
+            # arrives, and a stream whose client left would then keep running
+            async with asyncio.timeout(max(deadline - time.perf_counter(), 0.001)):
+                return await queue.get()
 
         try:
             first = await _until_disconnect(http, next_item())
@@ -739,18 +741,23 @@ class EventStreamResponse(Response):
             reason = f"stream failed: {type(exc).__name__}"
             log.exception("event stream failed")
         finally:
+            watcher.cancel()
+            sender.cancel()
             try:
-                for t in (sender, watcher):
-                    t.cancel()
-                await asyncio.gather(sender, watcher, return_exceptions=True)
+                self.on_end(reason)  # slot, gauge, runs: released now, whatever the sender does next
+            finally:
+                for _ in range(100):  # a cancellation can be swallowed by library code: insist, boundedly
+                    if sender.done():
+                        break
+                    sender.cancel()
+                    await asyncio.wait({sender}, timeout=0.05)
+                await asyncio.gather(watcher, return_exceptions=True)
                 aclose = getattr(self.frames, "aclose", None)
-                if aclose is not None:
+                if sender.done() and aclose is not None:
                     try:
                         await aclose()
                     except Exception:  # pragma: no cover - closing must not hide the outcome
                         log.exception("closing the event stream")
-            finally:
-                self.on_end(reason)
 
     async def _send_all(self, send: Send) -> None:
         loop = asyncio.get_running_loop()

@@ -277,13 +277,6 @@ def test_rate_limit_when_queue_full(endless_upstream: str, tmp_path: Path) -> No
             held.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG gateway/api/serving.py next_item(): asyncio.wait_for on Python 3.11 can swallow the cancellation "
-    "of EventStreamResponse._send_all when a frame arrives as the client disconnects; the sender then never ends, "
-    "on_end never runs and the concurrency slot leaks (about 1 disconnect in 30 against a streaming upstream). "
-    "Fix: 'async with asyncio.timeout(remaining): return await queue.get()' instead of wait_for.",
-)
 def test_every_disconnect_frees_the_slot(endless_upstream: str, tmp_path: Path) -> None:
     """A client that leaves mid-stream always frees its slot (checked over many disconnects: the race is rare)."""
     with running_gateway(
