@@ -4,7 +4,7 @@ schema-invalid input is refused with a 4xx.
 
 All of schemathesis's checks run but ``positive_data_acceptance``: it expects every schema-valid body to be accepted,
 and the gateway rightly refuses some with a 400 that a JSON schema can't express (an ensemble needs a user message,
-a prompt must fit the model's context, token ids must be in the vocabulary). The default run takes ~40 s; the
+a prompt must fit the model's context, token ids must be in the vocabulary). The default run takes ~30 s; the
 ``slow`` one ten minutes. Both print how many cases ran (``GATEWAY_FUZZ_REPORT`` writes them as JSON).
 """
 
@@ -61,7 +61,7 @@ def base(toy_world) -> str:
 
 
 def test_schemathesis_short(base: str, tmp_path: Path) -> None:
-    code, text, cases = run_schemathesis(base, 40, tmp_path)
+    code, text, cases = run_schemathesis(base, 30, tmp_path)
     assert code == 0, text[-6000:]
     assert cases >= 100, text[-3000:]
 
