@@ -328,9 +328,9 @@ class OpenAIServing:
         prompt_param = "messages" if endpoint == "chat" else "prompt"
         rt = self.holder.acquire()  # this request's runtime: a reload meanwhile doesn't touch its executors
         if rt is None:
-            err = NotReadyError("The gateway is still loading its models.")
-            self._count(UNKNOWN_MODEL, endpoint, err.status, t0)
-            raise err
+            not_ready = NotReadyError("The gateway is still loading its models.")
+            self._count(UNKNOWN_MODEL, endpoint, not_ready.status, t0)
+            raise not_ready
         label = self.model_label(body.model, rt)
         self._enter()
         try:

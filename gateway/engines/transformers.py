@@ -196,9 +196,7 @@ class TransformersEngine(Engine):
                     job.finished = True
                     job.emit(EngineError("transformers engine closed"))
                 elif isinstance(job, _Call):
-                    job.loop.call_soon_threadsafe(
-                        lambda f=job.future: f.done() or f.set_exception(EngineError("transformers engine closed"))
-                    )
+                    job.loop.call_soon_threadsafe(_fail, job.future, EngineError("transformers engine closed"))
 
     # ---------------------------------------------------------------- prompts
     def render_prompt(self, prompt: Prompt) -> str:
@@ -550,6 +548,11 @@ class TransformersEngine(Engine):
 
     def encode_for_blend(self, prompt: Prompt) -> list[int]:
         return self.tokenize(prompt)
+
+
+def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
 
 
 def _generator(seed: int | None) -> Any:
