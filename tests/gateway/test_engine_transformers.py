@@ -58,10 +58,14 @@ async def test_mixed_adapter_batch_equals_single_calls(engine, toy_world) -> Non
 
 
 async def test_adapters_change_outputs(engine, toy_world) -> None:
-    base = await engine.complete(PROMPTS[1], GREEDY)
-    rev = await engine.complete(PROMPTS[1], GREEDY, adapter=adapter(toy_world, "reverser"))
-    assert rev.text == "fedcba"
-    assert base.text != rev.text or base.text == "fedcba"
+    """The reverser adapter answers reversals the base gets wrong: the adapter, not the base, produced them."""
+    exs = toy_world.examples("rev", "dev")[:6]
+    prompts = [f"Q: {e.question}\nA: " for e in exs]
+    base = await engine.complete_batch(prompts, GREEDY)
+    rev = await engine.complete_batch(prompts, GREEDY, adapters=[adapter(toy_world, "reverser")] * len(prompts))
+    assert sum(r.text == e.answer for r, e in zip(rev, exs, strict=True)) >= 5
+    assert sum(b.text != r.text for b, r in zip(base, rev, strict=True)) >= 2, [b.text for b in base]
+    assert (await engine.complete(PROMPTS[1], GREEDY, adapter=adapter(toy_world, "reverser"))).text == "fedcba"
 
 
 async def test_stream_equals_complete_and_reports_usage(engine) -> None:
@@ -76,15 +80,20 @@ async def test_seeded_sampling_is_deterministic(engine) -> None:
     p = SamplingParams(max_tokens=12, temperature=1.0, seed=99)
     a, b = await asyncio.gather(engine.complete(PROMPTS[2], p), engine.complete(PROMPTS[2], p))
     assert a.text == b.text
+    others = {
+        (await engine.complete(PROMPTS[2], SamplingParams(max_tokens=12, temperature=1.0, seed=s))).text
+        for s in range(6)
+    }
+    assert len(others) > 1, "different seeds should give different samples at temperature 1"
 
 
 async def test_max_tokens_stop_and_logprobs(engine) -> None:
     short = await engine.complete(PROMPTS[1], SamplingParams(max_tokens=2, temperature=0))
     assert short.finish_reason == "length" and short.completion_tokens == 2
     full = await engine.complete(PROMPTS[1], GREEDY)
-    if len(full.text) > 2:
-        cut = await engine.complete(PROMPTS[1], SamplingParams(max_tokens=16, temperature=0, stop=(full.text[1:3],)))
-        assert cut.text == full.text[:1] and cut.finish_reason == "stop"
+    assert len(full.text) > 2, full.text
+    cut = await engine.complete(PROMPTS[1], SamplingParams(max_tokens=16, temperature=0, stop=(full.text[1:3],)))
+    assert cut.text == full.text[:1] and cut.finish_reason == "stop"
     lp = await engine.complete(PROMPTS[0], SamplingParams(max_tokens=4, temperature=0, logprobs=3))
     assert lp.logprobs and all(len(t.top) == 3 and t.top[0][1] >= t.logprob - 1e-6 for t in lp.logprobs)
 
