@@ -52,6 +52,8 @@ ROUTER = {
     "collect": {"engine": "transformers"},
 }
 """Overrides of ``router/toy.yaml`` (small budget: 2 steps, 8 training questions per task)."""
+VERSION = 2
+"""Bumped when what ``build_ensembles`` writes changes (part of the cache hash with the configs)."""
 BLEND_EXPERTS = ("toy-gen-a", "toy-gen-b", "toy-gen-c")
 """Generalists a ``toy-blend`` ensemble mixes, when the toy world has them."""
 
@@ -87,13 +89,12 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def ensembles_hash(world_root: Path) -> str:
-    """Hash of the small configs, the default configs they override, this module and the toy world's build."""
-    from offline_search.config import default_config_path
-    from router.config import TOY_CONFIG
-
+    """Hash of the small configs, the default configs they override, ``VERSION`` and the toy world's build hash."""
+    repo = Path(__file__).resolve().parents[1]  # the config files themselves: no heavy imports to hash them
     h = hashlib.sha256()
-    h.update(json.dumps([SWARM, GRAPH, ROUTER], sort_keys=True).encode())
-    for p in (default_config_path("swarm"), default_config_path("graph"), TOY_CONFIG, Path(__file__)):
+    h.update(json.dumps([VERSION, SWARM, GRAPH, ROUTER], sort_keys=True).encode())
+    configs = repo / "offline_search" / "configs"
+    for p in (configs / "toy_swarm.yaml", configs / "toy_graph.yaml", repo / "router" / "toy.yaml"):
         h.update(p.read_bytes())
     h.update(world_root.name.encode())  # the toy world's content hash
     return h.hexdigest()[:16]
@@ -109,8 +110,8 @@ def _absolute_spec(world: Any) -> dict[str, Any]:
     return data
 
 
-def _search(kind: str, overrides: dict[str, Any], out: Path) -> dict[str, Any]:
-    """Run one search at a small budget; return its spec snippet (as data)."""
+def _search(kind: str, overrides: dict[str, Any], out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run one search at a small budget; return its spec snippet (as data) and its summary."""
     from offline_search.config import default_config_path, load_graph_config, load_swarm_config, prepare
 
     data = yaml.safe_load(default_config_path(kind).read_text())  # type: ignore[arg-type]
@@ -136,7 +137,31 @@ def _search(kind: str, overrides: dict[str, Any], out: Path) -> dict[str, Any]:
         for entry in (snippet.get(group) or {}).values():
             if entry.get("engine") == "transformers":
                 entry["engine"] = "auto"
-    return snippet
+    return snippet, result.summary
+
+
+def _dev_selected_dag(snippet: dict[str, Any], summary: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Dev selects what ``toy-dag`` serves: the searched DAG, or the best hand-wired chain when that scored higher
+    on dev at this small budget (said in the description; the search's own report keeps both numbers)."""
+    from gateway.executors.dag import PROMPT_PRESETS
+    from offline_search.hetero_swarms import chain_topology
+
+    chain = (summary.get("baselines") or {}).get("best_chain")
+    name, entry = next(iter((snippet.get("ensembles") or {}).items()))
+    if chain is None or chain["dev"] <= summary["dag"]["dev"]:
+        entry["description"] = f"{entry.get('description', '')}; dev {summary['dag']['dev']:.3f}".strip("; ")
+        return {name: entry}
+    first, second = chain["chain"].split(" -> ")
+    path = chain_topology(first, second, PROMPT_PRESETS["toy"]).save(out / "graph" / "chain_topology.json")
+    entry = {
+        "kind": "dag",
+        "topology": str(path.resolve()),
+        "description": (
+            f"{first} -> {second}: the hand-wired chain beat the searched DAG on dev at this small budget "
+            f"({chain['dev']:.3f} vs {summary['dag']['dev']:.3f}); `swarmgate search graph` searches further"
+        ),
+    }
+    return {name: entry}
 
 
 def _router(out: Path, say: Callable[[str], None]) -> dict[str, Any]:
@@ -199,14 +224,14 @@ def build_ensembles(world: Any = None, *, force: bool = False, say: Callable[[st
         ensembles: dict[str, Any] = {}
         say("toy ensembles: Model Swarms (toy-swarm) ...")
         t = time.perf_counter()
-        snippet = _search("swarm", SWARM, tmp)
+        snippet, _ = _search("swarm", SWARM, tmp)
         ensembles.update(snippet.get("ensembles") or {})
         times["swarm"] = time.perf_counter() - t
         say("toy ensembles: Heterogeneous Swarms (toy-dag) ...")
         t = time.perf_counter()
-        snippet = _search("graph", GRAPH, tmp)
+        snippet, summary = _search("graph", GRAPH, tmp)
         spec["experts"].update(snippet.get("experts") or {})
-        ensembles.update(snippet.get("ensembles") or {})
+        ensembles.update(_dev_selected_dag(snippet, summary, tmp))
         times["dag"] = time.perf_counter() - t
         say("toy ensembles: router collect + PPO (toy-router) ...")
         t = time.perf_counter()
@@ -221,8 +246,10 @@ def build_ensembles(world: Any = None, *, force: bool = False, say: Callable[[st
         # the searches wrote absolute paths under tmp: point them at the final directory
         text = yaml.safe_dump(spec, sort_keys=False).replace(str(tmp.resolve()), str(root.resolve()))
         spec = yaml.safe_load(text)
-        for p in tmp.rglob("topology.json"):
-            p.write_text(p.read_text().replace(str(tmp.resolve()), str(root.resolve())))
+        for p in [*tmp.rglob("*.json"), *tmp.rglob("*.yaml")]:
+            text = p.read_text()
+            if str(tmp.resolve()) in text:
+                p.write_text(text.replace(str(tmp.resolve()), str(root.resolve())))
         if root.exists():
             shutil.rmtree(root)
         os.rename(tmp, root)

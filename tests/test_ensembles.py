@@ -1,0 +1,74 @@
+"""swarmgate.ensembles: the toy ensembles served out of the box (fast checks; the full build is a slow test)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.executors.dag import Topology
+from gateway.spec import load_spec
+from swarmgate import ensembles as ens
+
+
+def test_blend_hook_only_when_the_generalists_exist() -> None:
+    assert ens.blend_hook({"experts": {"toy-adder": {}}}) == {}
+    got = ens.blend_hook({"experts": {n: {} for n in ens.BLEND_EXPERTS}})
+    assert got["toy-blend"]["kind"] == "blend" and got["toy-blend"]["experts"] == list(ens.BLEND_EXPERTS)
+
+
+def test_hash_follows_the_configs_and_the_toy_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a = ens.ensembles_hash(Path("/x/toy/aaaa"))
+    assert a == ens.ensembles_hash(Path("/y/toy/aaaa")) != ens.ensembles_hash(Path("/x/toy/bbbb"))
+    monkeypatch.setattr(ens, "ROUTER", {**ens.ROUTER, "env": {"max_steps": 3}})
+    assert ens.ensembles_hash(Path("/x/toy/aaaa")) != a
+
+
+def _spec(toy_world, extra: dict) -> dict:
+    spec = ens._absolute_spec(toy_world)
+    spec["ensembles"] = extra
+    return spec
+
+
+def test_validation_drops_an_optional_ensemble_the_loader_refuses(toy_world, tmp_path: Path) -> None:
+    spec = _spec(toy_world, {"toy-blend": {"kind": "blend", "experts": ["toy-gen-a"], "weights": [1.0]}})
+    out = ens._validated(spec, tmp_path / "spec.yaml", {"toy-blend"})
+    assert "toy-blend" not in (out.get("ensembles") or {})
+    load_spec(tmp_path / "spec.yaml")
+    bad = _spec(toy_world, {"toy-x": {"kind": "dag", "topology": str(tmp_path / "missing.json")}})
+    with pytest.raises(Exception, match="toy-x"):
+        ens._validated(bad, tmp_path / "spec2.yaml", set())  # a required ensemble is never dropped
+
+
+def test_dev_selects_a_hand_wired_chain_over_a_weaker_searched_dag(toy_world, tmp_path: Path) -> None:
+    snippet = {"ensembles": {"toy-dag": {"kind": "dag", "topology": "/searched.json", "description": "searched"}}}
+    summary = {
+        "dag": {"dev": 0.33},
+        "baselines": {"best_chain": {"chain": "toy-adder -> toy-reverser", "dev": 0.83, "test": 0.65}},
+    }
+    got = ens._dev_selected_dag(snippet, summary, tmp_path)["toy-dag"]
+    assert "hand-wired chain beat the searched DAG" in got["description"]
+    topo = Topology.load(got["topology"])
+    assert [n.expert for n in topo.nodes] == ["toy-adder", "toy-reverser"] and topo.final == "toy-reverser"
+    summary["dag"]["dev"] = 0.9
+    kept = ens._dev_selected_dag(snippet, summary, tmp_path)["toy-dag"]
+    assert kept["topology"] == "/searched.json"
+
+
+@pytest.mark.slow
+def test_built_ensembles_are_served_and_answer_a_composed_question(toy_world) -> None:
+    import openai
+
+    from tests.helpers import running_gateway
+
+    spec = ens.build_ensembles(toy_world, say=lambda _m: None)
+    assert ens.build_ensembles(toy_world, say=lambda _m: None) == spec  # cached
+    with running_gateway(spec) as url:
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+        ids = {m.id for m in client.models.list().data}
+        assert {"toy-swarm", "toy-dag", "toy-router"} <= ids
+        for model in ("toy-swarm", "toy-dag", "toy-router"):
+            r = client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "addrev 12 34"}], temperature=0, max_tokens=16
+            )
+            assert r.choices[0].finish_reason in ("stop", "length")
