@@ -17,7 +17,8 @@ import numpy as np
 
 from router.config import BaselineConfig
 
-_WORD = re.compile(r"[a-z0-9]+")
+_WORD = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
+"""Words are runs of letters/digits; every other non-space character (``+``, ``=``) is a word of its own."""
 
 
 def _matches(alternative: str, word: str) -> bool:
