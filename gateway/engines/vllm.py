@@ -609,6 +609,47 @@ class _VLLMScoringSession:
         dists = await asyncio.gather(*jobs)
         return torch.stack(dists).reshape(len(self.loras), last, -1)
 
+    async def draft(self, new: Any, k: int) -> tuple[list[int], Any]:
+        """Append ``new`` (unscored), then let the first row decode up to ``k`` greedy tokens in one vLLM request.
+
+        Returns the tokens and ``[len(tokens), vocab]`` log-distributions before each of them (nan where unreported).
+        The drafted tokens are not appended (``append`` the accepted ones). The speculative blend's greedy lead uses
+        this: one request per round instead of one per drafted token.
+        """
+        import torch
+        from vllm.inputs import tokens_input
+        from vllm.sampling_params import SamplingParams as VSamplingParams
+
+        self.ids.extend(new)
+        eng = self.engine
+        llm = eng._engine()
+        vocab = int(llm.model_config.get_vocab_size())
+        k = max(1, min(k, eng.max_model_len - len(self.ids)))
+        params = VSamplingParams(max_tokens=k, temperature=0.0, logprobs=self.top_k or -1, detokenize=False)
+        final = None
+        try:
+            async for out in llm.generate(
+                tokens_input(list(self.ids)), params, f"sg-draft-{uuid.uuid4().hex}", lora_request=self.loras[0]
+            ):
+                final = out
+        except Exception as e:
+            raise EngineError(f"vllm engine for {eng.model!r} failed: {type(e).__name__}: {e}") from e
+        if final is None or not final.outputs[0].token_ids:
+            raise EngineError(f"vllm engine for {eng.model!r} drafted nothing")
+        comp = final.outputs[0]
+        dists = []
+        for step in comp.logprobs or []:
+            d = torch.full((vocab,), float("nan") if self.top_k else float("-inf"), dtype=torch.float32)
+            for token_id, lp in step.items():
+                if token_id < vocab:
+                    d[token_id] = lp.logprob
+            dists.append(d)
+        return list(comp.token_ids), torch.stack(dists)
+
+    async def append(self, token_ids: Any) -> None:
+        """Append tokens without scoring them (vLLM scores a sequence when asked; prefix caching keeps it cheap)."""
+        self.ids.extend(token_ids)
+
     async def rollback(self, length: int) -> None:
         del self.ids[length:]
 

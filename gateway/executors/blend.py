@@ -380,22 +380,34 @@ class BlendExecutor(Executor):
         while True:
             stats.rounds += 1
             base = len(lead_group.ids)
-            lead_dists = [await lead_group.catch_up()]  # [rows, V] after ids + drafts[:j]
             drafts: list[int] = []
             qs: list[torch.Tensor] = []
             budget = params.max_tokens - out.completion_tokens
-            for j in range(min(k, budget)):
-                q_lp = self._lead_only(lead_dists[j][lead_row])
-                qs.append(q_lp)
-                d = B.pick(B.sampling_probs(q_lp, params.temperature, params.top_p), gen)
-                drafts.append(d)
-                if d in out.eos_ids or j == min(k, budget) - 1:
-                    break
-                lead_dists.append((await lead_group.feed([d], 1))[:, -1])
+            # vLLM, greedy: the lead drafts all k tokens in one request (the drafts are then appended once accepted)
+            one_request = gen is None and hasattr(lead_group.session, "draft") and len(lead_group.members) == 1
+            if one_request:
+                lag = lead_group.ids[lead_group.fed :]
+                drafts, dl = await lead_group.session.draft(lag, min(k, budget))
+                lead_group.forwards += 1
+                lead_group.scored += len(lag) + len(drafts)
+                lead_group.fed, lead_group.last = base, None
+                lead_dists = [dl[j].unsqueeze(0) for j in range(len(drafts))]
+                qs = [self._lead_only(d[0]) for d in lead_dists]
+            else:
+                lead_dists = [await lead_group.catch_up()]  # [rows, V] after ids + drafts[:j]
+                for j in range(min(k, budget)):
+                    q_lp = self._lead_only(lead_dists[j][lead_row])
+                    qs.append(q_lp)
+                    d = B.pick(B.sampling_probs(q_lp, params.temperature, params.top_p), gen)
+                    drafts.append(d)
+                    if d in out.eos_ids or j == min(k, budget) - 1:
+                        break
+                    lead_dists.append((await lead_group.feed([d], 1))[:, -1])
             m = len(drafts)
             stats.drafted += m
-            lead_group.fed = base + m - 1
-            lead_group.ids = lead_group.ids + drafts[:-1]
+            if not one_request:
+                lead_group.fed = base + m - 1
+                lead_group.ids = lead_group.ids + drafts[:-1]
             open_at = [B.gate_open(q, self.config.gate) for q in qs]
             other_dists: dict[int, torch.Tensor] = {}  # id(group) -> [rows, m, V]
             if any(open_at):
@@ -442,6 +454,9 @@ class BlendExecutor(Executor):
             # Keep what survived: ids + drafts[:accepted] (+ the replacement, not yet fed anywhere).
             keep = base + min(accepted, m - 1)
             new_ids = out.ids[:]  # generated ids so far (eos excluded; none here since not finished)
+            if one_request:
+                await lead_group.session.append(drafts[: keep - base])
+                lead_group.fed = keep
             await lead_group.keep(keep, lead_dists[keep - base])
             lead_group.ids = new_ids
             for g in others:
