@@ -146,13 +146,13 @@ def expected_return(rc: RewardConfig, lam: float, max_steps: int, actions: list[
             return r + rc.success_bonus
         return r - (rc.limit_penalty if limit else rc.stop_penalty)
 
-    q, steps, rewards = 0.0, 0, []
+    q, rewards = 0.0, []
     for name in actions:
         if name == "stop":
-            rewards.append(terminal(q, limit=steps == 0))
+            rewards.append(terminal(q, limit=not rewards))
             return rewards, len(rewards)
         new_q = 0.0 if name in ("cut", "blank") else float(name)
-        steps += 1
+        steps = len(rewards) + 1  # expert calls so far, this one included
         r = (
             -lam * COSTS[EXPERTS.index(name)]
             + rc.beta * (new_q - q)
