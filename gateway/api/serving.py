@@ -26,14 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import orjson
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.api.errors import sse_error_frame, to_gateway_error
 from gateway.api.metrics import UNKNOWN_MODEL, Metrics
 from gateway.api.protocol import ChatCompletionRequest, CompletionRequest, new_id, now
-from gateway.engines.base import Chunk, Prompt, PromptTooLong, SamplingParams, TokenLogprob
+from gateway.engines.base import Chunk, Prompt, PromptTooLong, SamplingParams, TokenLogprob, merge_tool_calls
 from gateway.errors import GatewayError, InvalidRequestError, ModelNotFoundError, NotReadyError, RateLimitError
 from gateway.executors.base import ExecRequest, Executor, StepInfo, question_of
 from gateway.runtime import Runtime, RuntimeHolder
@@ -138,6 +139,8 @@ class Choice:
     finish_reason: str | None = None
     logprobs: list[TokenLogprob] | None = None
     steps: list[StepInfo] = field(default_factory=list)
+    tool_calls: list[dict[str, Any]] | None = None
+    prompt_logprobs: list[dict[str, Any] | None] | None = None
 
     @property
     def cost(self) -> float:
@@ -287,6 +290,7 @@ class OpenAIServing:
             stop=body.stops(),
             seed=body.seed,
             logprobs=logprobs,
+            **body.engine_fields(),  # sampling extensions, response_format, tools, final-only for non-streaming
         )
         request_id = new_id("chatcmpl" if endpoint == "chat" else "cmpl")
         runs: list[ExecRequest] = []
@@ -382,7 +386,7 @@ class OpenAIServing:
             self.metrics.observe_steps(label, c.steps)
         await self._log(job, choices, 200)
         payload = self._final_body(job, choices)
-        return JSONResponse(payload, headers=_route_headers(choices))
+        return Response(orjson.dumps(payload), media_type="application/json", headers=_route_headers(choices, t0))
 
     def _enter(self) -> None:
         self.active += 1
@@ -490,6 +494,9 @@ class OpenAIServing:
                             self.metrics.itl.labels(label).observe(now_t - previous)
                         last_emit[index] = now_t
                         yield self._sse(job, self._chunk_choice(job, index, text=event.text, logprobs=event.logprobs))
+                    if event.tool_calls and job.endpoint == "chat":
+                        delta = {"tool_calls": event.tool_calls}
+                        yield self._sse(job, {"index": index, "delta": delta, "logprobs": None, "finish_reason": None})
                     if event.finish_reason is not None:
                         extra = None if job.include_usage else {"swarmgate": self._route_field(job, [choice])}
                         yield self._sse(job, self._chunk_choice(job, index, finish=event.finish_reason), extra=extra)
@@ -535,7 +542,7 @@ class OpenAIServing:
             out["usage"] = usage
         if extra:
             out.update(extra)
-        return f"data: {json.dumps(out, ensure_ascii=False)}\n\n"
+        return f"data: {orjson.dumps(out).decode()}\n\n"
 
     def _chunk_choice(
         self,
@@ -563,17 +570,22 @@ class OpenAIServing:
         for c in choices:
             lp = _logprobs_payload(job.endpoint, c.logprobs) if job.want_logprobs else None
             if job.endpoint == "chat":
+                message: dict[str, Any] = {"role": "assistant", "content": c.text}
+                if c.tool_calls:
+                    message["content"] = c.text or None
+                    message["tool_calls"] = [{k: v for k, v in t.items() if k != "index"} for t in c.tool_calls]
                 out_choices.append(
-                    {
-                        "index": c.index,
-                        "message": {"role": "assistant", "content": c.text},
-                        "logprobs": lp,
-                        "finish_reason": c.finish_reason,
-                    }
+                    {"index": c.index, "message": message, "logprobs": lp, "finish_reason": c.finish_reason}
                 )
             else:
                 out_choices.append({"index": c.index, "text": c.text, "logprobs": lp, "finish_reason": c.finish_reason})
+                if c.prompt_logprobs is not None:
+                    out_choices[-1]["prompt_logprobs"] = c.prompt_logprobs
+        extra: dict[str, Any] = {}
+        if job.endpoint == "chat" and choices and choices[0].prompt_logprobs is not None:
+            extra["prompt_logprobs"] = choices[0].prompt_logprobs  # vLLM's chat response has it at the top level
         return {
+            **extra,
             "id": job.request_id,
             "object": "chat.completion" if job.endpoint == "chat" else "text_completion",
             "created": job.created,
@@ -645,6 +657,12 @@ def _apply(choice: Choice, event: Chunk | StepInfo) -> None:
     choice.text += event.text
     if event.logprobs and choice.logprobs is not None:
         choice.logprobs.extend(event.logprobs)
+    if event.tool_calls:
+        if choice.tool_calls is None:
+            choice.tool_calls = []
+        merge_tool_calls(choice.tool_calls, event.tool_calls)
+    if event.prompt_logprobs is not None:
+        choice.prompt_logprobs = event.prompt_logprobs
     if event.finish_reason is not None:
         choice.finish_reason = event.finish_reason
 
@@ -655,13 +673,19 @@ def _usage(choices: list[Choice]) -> dict[str, int]:
     return {"prompt_tokens": p, "completion_tokens": c_, "total_tokens": p + c_}
 
 
-def _route_headers(choices: list[Choice]) -> dict[str, str]:
+def _route_headers(choices: list[Choice], t0: float) -> dict[str, str]:
+    """Route, cost, and ``x-swarmgate-overhead-ms``: the gateway's own time on this request (from the handler's
+    start to the body being built) minus the engine time on the longest choice's route (its steps' summed latency;
+    a DAG's concurrent nodes are counted in full, so its overhead is understated, never overstated)."""
     if not choices:
         return {}
     c = choices[0]
+    wall_ms = (time.perf_counter() - t0) * 1e3
+    engine_ms = max(sum(s.latency_ms for s in x.steps) for x in choices)
     return {
         "x-swarmgate-route": ">".join(s.expert for s in c.steps),
         "x-swarmgate-cost": f"{sum(x.cost for x in choices):g}",
+        "x-swarmgate-overhead-ms": f"{max(wall_ms - engine_ms, 0.0):.3f}",
     }
 
 
