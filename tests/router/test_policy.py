@@ -191,20 +191,30 @@ def test_holder_checks_the_pointer_only_every_interval(tmp_path: Path) -> None:
 
 
 def test_policy_decisions_match_the_env_rollout(trained) -> None:
-    """The served decision loop and the env see identical observations (one ObservationLayout)."""
+    """The served decision loop sees what the env showed PPO, and decides what the SB3 model decides.
+
+    The expected observation is built by hand from the documented layout ([enc(question), enc(answer) or zeros,
+    step / max_steps, spent / (max_steps * max cost), lambda / max trained lambda]), not with the code both share;
+    the served decision is checked against the SB3 model's own greedy action on the env's observation."""
     from router.env import ChainRoutingEnv
 
-    _, path, cfg = trained
+    model, path, cfg = trained
     policy = load_policy(path)
     examples = make_examples(2, seed=5)
     env = ChainRoutingEnv(examples, EXPERTS, COSTS, answer_fn, ExactMatch(), policy.encoder, cfg.env)
+    enc, steps, lam = policy.encoder, cfg.env.max_steps, 0.5
     for i in range(len(examples)):
-        obs, info = env.reset(options={"index": i, "cost_weight": 0.5})
+        obs, info = env.reset(options={"index": i, "cost_weight": lam})
         answer, step, spent = "", 0, 0.0
         while True:
-            expected = policy.layout.build(policy.encoder, examples[i].question, answer, step, spent, 0.5)
-            np.testing.assert_allclose(obs, expected, atol=1e-6)
-            d = policy.decide(examples[i].question, answer, step, spent, 0.5)
+            q = enc.encode([examples[i].question])[0]
+            a = enc.encode([answer])[0] if answer else np.zeros(enc.dim, dtype=np.float32)
+            extra = [min(step / steps, 1.0), min(spent / (steps * max(COSTS)), 1.0), lam / max(cfg.env.cost_weights)]
+            np.testing.assert_allclose(obs, np.concatenate([q, a, np.array(extra, dtype=np.float32)]), atol=1e-6)
+            d = policy.decide(examples[i].question, answer, step, spent, lam)
+            sb3, _ = model.predict(obs, deterministic=True)
+            if step > 0 or int(sb3) != len(policy.actions) - 1:  # before the first call, stop is masked
+                assert d.action == int(sb3), (step, d, sb3)
             obs, _, term, _, info = env.step(d.action)
             if term:
                 break
