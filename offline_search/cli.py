@@ -30,6 +30,9 @@ EngineOpt = Annotated[str | None, typer.Option("--engine", help="Override the en
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Override the config's seed.")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Disable the output cache (benchmarks).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+ReportOpt = Annotated[
+    bool, typer.Option("--report", help="Print the baseline report of the search in the output directory; run nothing.")
+]
 
 
 def _overrides(engine: str | None, seed: int | None, no_cache: bool) -> dict[str, Any]:
@@ -70,30 +73,8 @@ def _setup_logging(quiet: bool) -> None:
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
-@app.command("swarm")
-def swarm(
-    config: ConfigOpt = None,
-    resume: ResumeOpt = False,
-    force: ForceOpt = False,
-    output_dir: OutOpt = None,
-    engine: EngineOpt = None,
-    seed: SeedOpt = None,
-    no_cache: NoCacheOpt = False,
-    quiet: QuietOpt = False,
-) -> None:
-    """Model Swarms: PSO over the experts' LoRA (or full) weights; writes the best checkpoint and a spec snippet."""
-    from offline_search.model_swarms import run_swarm_search
-
-    _setup_logging(quiet)
-    path = config or default_config_path("swarm")
-    try:
-        cfg = load_swarm_config(path, _overrides(engine, seed, no_cache))
-        prepared = prepare(cfg, path, output_dir=str(output_dir) if output_dir else None)
-        _start(prepared.output_dir, resume, force)
-        result = asyncio.run(run_swarm_search(prepared, resume=resume, progress=not quiet))
-    except ConfigError as exc:
-        raise _fail(exc) from None
-    s = result.summary
+def print_swarm_report(s: dict[str, Any]) -> None:
+    """Model Swarms against its baselines (dev selects, test reports)."""
     best_init = s["best_initial_expert"]
     typer.echo(
         f"best particle: dev {s['best']['dev']:.4f}  test {s['best']['test']:.4f}   "
@@ -113,6 +94,54 @@ def swarm(
         f"{_pct(s.get('test_relative_gain_vs_best_initial_particle'))}, vs uniform average: "
         f"{_pct(s.get('test_relative_gain_vs_uniform_average'))}"
     )
+
+
+def print_graph_report(s: dict[str, Any]) -> None:
+    """The searched DAG against every single expert, the best hand-wired chain and random graph search."""
+    b = s.get("baselines", {})
+    rows = [("Heterogeneous Swarms DAG", s["dag"]["dev"], s["dag"]["test"])]
+    rows += [(f"expert {n}", v["dev"], v["test"]) for n, v in s["experts"].items()]
+    if "best_chain" in b:
+        rows.append(
+            (f"best hand-wired chain ({b['best_chain']['chain']})", b["best_chain"]["dev"], b["best_chain"]["test"])
+        )
+    if "random_search" in b:
+        rs = b["random_search"]
+        rows.append((f"random graph search ({rs['evaluations']} evaluations)", rs["dev"], rs["test"]))
+    typer.echo(_table(rows))
+
+
+@app.command("swarm")
+def swarm(
+    config: ConfigOpt = None,
+    resume: ResumeOpt = False,
+    force: ForceOpt = False,
+    output_dir: OutOpt = None,
+    engine: EngineOpt = None,
+    seed: SeedOpt = None,
+    no_cache: NoCacheOpt = False,
+    quiet: QuietOpt = False,
+    report: ReportOpt = False,
+) -> None:
+    """Model Swarms: PSO over the experts' LoRA (or full) weights; writes the best checkpoint and a spec snippet."""
+    from offline_search.model_swarms import run_swarm_search
+
+    _setup_logging(quiet)
+    path = config or default_config_path("swarm")
+    try:
+        cfg = load_swarm_config(path, _overrides(engine, seed, no_cache))
+        prepared = prepare(cfg, path, output_dir=str(output_dir) if output_dir else None)
+        if report:
+            summary = prepared.output_dir / "summary.json"
+            if not summary.is_file():
+                raise ConfigError(path, "output_dir", f"{prepared.output_dir} holds no finished search")
+            print_swarm_report(json.loads(summary.read_text()))
+            return
+        _start(prepared.output_dir, resume, force)
+        result = asyncio.run(run_swarm_search(prepared, resume=resume, progress=not quiet))
+    except ConfigError as exc:
+        raise _fail(exc) from None
+    print_swarm_report(result.summary)
     typer.echo(f"best checkpoint: {result.best_dir}")
     typer.echo(f"spec snippet:    {result.spec_snippet}")
     typer.echo(f"summary:         {result.output_dir / 'summary.json'}")
@@ -128,6 +157,7 @@ def graph(
     seed: SeedOpt = None,
     no_cache: NoCacheOpt = False,
     quiet: QuietOpt = False,
+    report: ReportOpt = False,
 ) -> None:
     """Heterogeneous Swarms: PSO over DAGs of experts (G-Decode) and their weights (JFK); writes topology.json."""
     from offline_search.hetero_swarms import run_graph_search
@@ -137,6 +167,12 @@ def graph(
     try:
         cfg = load_graph_config(path, _overrides(engine, seed, no_cache))
         prepared = prepare(cfg, path, output_dir=str(output_dir) if output_dir else None)
+        if report:
+            summary = prepared.output_dir / "summary.json"
+            if not summary.is_file():
+                raise ConfigError(path, "output_dir", f"{prepared.output_dir} holds no finished search")
+            print_graph_report(json.loads(summary.read_text()))
+            return
         _start(prepared.output_dir, resume, force)
         result = asyncio.run(run_graph_search(prepared, resume=resume, progress=not quiet))
     except ConfigError as exc:
@@ -149,17 +185,7 @@ def graph(
         f"DAG: dev {s['dag']['dev']:.4f}  test {s['dag']['test']:.4f}   best single expert ({single}): "
         f"test {s['experts'][single]['test']:.4f}   gain {s['test_gain_vs_best_single']:+.4f}"
     )
-    b = s.get("baselines", {})
-    rows = [("Heterogeneous Swarms DAG", s["dag"]["dev"], s["dag"]["test"])]
-    rows += [(f"expert {n}", v["dev"], v["test"]) for n, v in s["experts"].items()]
-    if "best_chain" in b:
-        rows.append(
-            (f"best hand-wired chain ({b['best_chain']['chain']})", b["best_chain"]["dev"], b["best_chain"]["test"])
-        )
-    if "random_search" in b:
-        rs = b["random_search"]
-        rows.append((f"random graph search ({rs['evaluations']} evaluations)", rs["dev"], rs["test"]))
-    typer.echo(_table(rows))
+    print_graph_report(s)
     typer.echo(f"topology:     {result.topology_path}")
     typer.echo(f"spec snippet: {result.spec_snippet}")
     typer.echo(f"summary:      {result.output_dir / 'summary.json'}")
@@ -189,7 +215,9 @@ def blend(
         raise _fail(exc) from None
     s = result.summary
     best = s["best_member_on_test"]
-    typer.echo(f"weights: {dict(zip(s['experts'], s['searched']['weights'], strict=True))}  gate: {s['searched']['gate']}")
+    typer.echo(
+        f"weights: {dict(zip(s['experts'], s['searched']['weights'], strict=True))}  gate: {s['searched']['gate']}"
+    )
     typer.echo(
         f"blend: dev {s['searched']['dev']:.4f}  test {s['searched']['test']:.4f}   uniform: test "
         f"{s['uniform']['test']:.4f}   best member ({best}): test {s['experts'][best]['test']:.4f}   "
