@@ -41,8 +41,11 @@ def test_toy_world_pipeline_through_the_cli(toy_world, tmp_path: Path) -> None:
     policy = load_policy(tmp_path / "policy")
     assert policy.experts[-1] == "toy-big" and policy.costs[-1] == 4.0 and policy.max_steps == 2
     r = runner.invoke(app, ["eval", "--config", str(config), "--collect", "--oracle-depth", "1"])
+    assert r.exit_code == 1 and "no upper bound" in r.output  # a shallower oracle than the router is refused
+    r = runner.invoke(app, ["eval", "--config", str(config), "--collect"])  # dev, every baseline, full-depth oracle
     assert r.exit_code == 0, r.output
-    assert "| single:toy-big |" in r.output and (tmp_path / "eval" / "frontier.png").is_file()
+    assert "| single:toy-big |" in r.output and "| keyword |" in r.output and "| classifier |" in r.output
+    assert (tmp_path / "eval" / "dev" / "frontier.png").is_file()
     r = runner.invoke(app, ["spec", "--config", str(config), "--out", str(tmp_path / "spec.yaml")])
     assert r.exit_code == 0, r.output
     chain = yaml.safe_load((tmp_path / "spec.yaml").read_text())["ensembles"]["toy-router"]
