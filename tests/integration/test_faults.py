@@ -228,15 +228,20 @@ def start_cli(spec: Path, port: int, **env: str) -> subprocess.Popen:
     full.update(SWARMGATE_LOG_LEVEL="warning", **env)
     proc = subprocess.Popen([sys.executable, "-m", "swarmgate.cli", "serve"], cwd=REPO, env=full)
     deadline = time.monotonic() + 120
-    while True:
-        assert proc.poll() is None, f"swarmgate serve exited with {proc.returncode}"
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "swarmgate serve did not become ready on SWARMGATE_PORT"
-        time.sleep(0.3)
+    try:
+        while True:
+            assert proc.poll() is None, f"swarmgate serve exited with {proc.returncode}"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                    return proc
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "swarmgate serve did not become ready on SWARMGATE_PORT"
+            time.sleep(0.3)
+    except BaseException:
+        proc.kill()  # never leave a server behind (e.g. one that bound another port)
+        proc.wait()
+        raise
 
 
 def test_sigterm_drains_in_flight_and_refuses_new_work(fake, tmp_path) -> None:
