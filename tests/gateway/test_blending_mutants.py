@@ -194,3 +194,15 @@ def test_token_of_is_the_first_token_with_a_surface() -> None:
 def test_common_prefix_stops_at_the_first_difference() -> None:
     assert B.common_prefix([1, 2, 3], [1, 9, 3]) == 1
     assert B.common_prefix([], [1]) == 0 and B.common_prefix([4, 5], [4, 5]) == 2
+
+
+def test_a_two_token_vocabulary_has_a_margin() -> None:
+    assert B.margin(lp(0.7, 0.3)) == pytest.approx(0.4, abs=1e-6)
+    assert B.gate_open(lp(0.55, 0.45), B.Gate("margin", 0.2))
+
+
+def test_a_one_member_top_k_blend_is_that_member_on_its_reported_tokens() -> None:
+    nan = float("nan")
+    a = torch.tensor([math.log(0.6), nan, math.log(0.2), nan])
+    out = B.blend_topk([a], [1.0]).exp()
+    assert out.tolist() == pytest.approx([0.75, 0.0, 0.25, 0.0])
