@@ -50,7 +50,7 @@ def assert_openai_error(r: httpx.Response, status: int, param: str | None = None
         ("/v1/chat/completions", {**CHAT, "stream_options": {"include_usage": True}}, 400, "stream_options"),
         ("/v1/completions", {"model": "toy-base", "prompt": []}, 400, "prompt"),
         ("/v1/completions", {"model": "toy-base", "prompt": "x" * 4000}, 400, "prompt"),
-        ("/v1/completions", {"model": "toy-base", "prompt": [1, 2, 3]}, 400, None),
+        ("/v1/completions", {"model": "toy-base", "prompt": [1, -2, 3]}, 400, None),  # token ids must be >= 0
         ("/v1/completions", {"model": "toy-base", "prompt": "hi", "logprobs": 99}, 400, "logprobs"),
         ("/v1/completions", {"model": "toy-base", "prompt": "hi", "echo": True}, 400, "echo"),
         ("/v1/models/not-there", None, 404, "model"),
