@@ -11,7 +11,7 @@ export VLLM_CPU_KVCACHE_SPACE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: install toy serve router search test test-slow test-all lint bench mutation deploy-check clean-toy
+.PHONY: install toy serve router search test test-slow test-all lint bench load fuzz mutation deploy-check clean-toy
 
 install: $(STAMP)
 
@@ -73,6 +73,14 @@ mutation: install
 
 bench: toy
 	$(BIN)/python benchmarks/gateway_overhead.py
+
+# Load: mixed streaming/non-streaming experts and a DAG at rising concurrency past the limit; every request accounted.
+load: toy
+	$(BIN)/python benchmarks/load.py
+
+# The long schemathesis run against a live toy gateway (a short one is part of `make test`).
+fuzz: toy
+	$(BIN)/python -m pytest -m slow tests/integration/test_fuzz.py
 
 clean-toy:
 	rm -rf $${SWARMGATE_CACHE:-$$HOME/.cache/swarmgate}/toy
