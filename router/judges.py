@@ -43,10 +43,10 @@ class LMJudge:
     def _prompt_ids(self, question: str) -> list[int]:
         tok = self.tokenizer
         if getattr(tok, "chat_template", None):
-            ids = tok.apply_chat_template(
-                [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True
+            text = tok.apply_chat_template(
+                [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
             )
-            return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+            return list(tok(text, add_special_tokens=False)["input_ids"])
         return list(tok(question, add_special_tokens=True)["input_ids"])
 
     def __call__(self, prediction: str, reference: str | None = None, question: str = "") -> float:

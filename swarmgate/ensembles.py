@@ -91,11 +91,13 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 def ensembles_hash(world_root: Path) -> str:
     """Hash of the small configs, the default configs they override, ``VERSION`` and the toy world's build hash."""
     repo = Path(__file__).resolve().parents[1]  # the config files themselves: no heavy imports to hash them
-    h = hashlib.sha256()
-    h.update(json.dumps([VERSION, SWARM, GRAPH, ROUTER], sort_keys=True).encode())
     configs = repo / "offline_search" / "configs"
-    for p in (configs / "toy_swarm.yaml", configs / "toy_graph.yaml", repo / "router" / "toy.yaml"):
-        h.update(p.read_bytes())
+    defaults = [yaml.safe_load(p.read_text()) for p in (configs / "toy_swarm.yaml", configs / "toy_graph.yaml")]
+    router = yaml.safe_load((repo / "router" / "toy.yaml").read_text())
+    for key in ("baselines", "retrain", "eval_dir"):  # what eval/retrain read does not change what is built
+        router.pop(key, None)
+    h = hashlib.sha256()
+    h.update(json.dumps([VERSION, SWARM, GRAPH, ROUTER, defaults, router], sort_keys=True).encode())
     h.update(world_root.name.encode())  # the toy world's content hash
     return h.hexdigest()[:16]
 

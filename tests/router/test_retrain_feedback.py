@@ -98,3 +98,20 @@ def test_traffic_scorer_order_reference_then_feedback_then_judge() -> None:
     assert s("bad", None, "q") == 0.0  # a user said this answer is wrong
     assert s("other", None, "q") == 1.0  # the judge, thresholded
     assert TrafficScorer()("other", None, "q") == 0.0  # no judge: no credit
+
+
+def test_the_big_toy_model_judges_answers_without_a_reference(toy_world) -> None:
+    import json
+
+    from router.judges import LMJudge
+
+    judge = LMJudge(str(toy_world.big_dir))
+    rows = []
+    for task in ("add", "sort"):
+        lines = (toy_world.data_dir / task / "dev.jsonl").read_text().splitlines()[:5]
+        rows += [json.loads(x) for x in lines]
+    wins = 0
+    for r in rows:
+        right, wrong = r["answer"], r["answer"][::-1] if r["answer"][::-1] != r["answer"] else r["answer"] + "1"
+        wins += judge(right, None, r["question"]) > judge(wrong, None, r["question"])
+    assert wins >= 0.8 * len(rows)
