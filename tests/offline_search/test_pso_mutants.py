@@ -231,10 +231,11 @@ def test_load_restores_every_field(tmp_path, kind: str) -> None:
         # a key with slashes, like a nested module path
         return x if kind == "tensor" else {"layers/0/lora_A": x[:2], "head": x[2:]}
 
-    cfg = PSOConfig(restart_patience=1, patience=10, seed=9)
+    cfg = PSOConfig(restart_patience=2, patience=10, seed=9)
     swarm = ParticleSwarm(cfg, [particle(0.0), particle(1.0), particle(-2.0)])
     swarm.tell([0.3, None, -1.0])
-    swarm.tell([0.1, 0.2, -2.0])  # restarts: x is the personal best again
+    swarm.tell([0.1, 0.2, -2.0])
+    assert [p.stale for p in swarm.particles] == [1, 0, 1]
     state_dir = tmp_path / "nested" / "state"  # parents are created
     assert ParticleSwarm.saved_iteration(state_dir) is None
     swarm.save(state_dir)
@@ -287,3 +288,48 @@ def test_shared_positions_are_stored_once(tmp_path) -> None:
     distinct = {id(o) for p in swarm.particles for o in (p.x, p.v, p.best_x)}
     distinct |= {id(swarm.global_best_x), id(swarm.global_worst_x)}
     assert len(load_file(str(final / "tensors.safetensors"))) == len(distinct)
+
+
+# ----------------------------------------------------------------------------------------------- validation
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"max_iterations": 0},
+        {"inertia": -0.1},
+        {"repel": -0.1},
+        only(),  # every term off
+        {"step_length": 0.0},
+        {"step_decay": 0.0},
+        {"step_decay": 1.5},
+        {"min_step_length": -0.1},
+        {"patience": 0},
+        {"restart_patience": 0},
+    ],
+)
+def test_bad_configs_are_refused(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        PSOConfig(**bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "good", [{"max_iterations": 1}, only(repel=0.1), {"step_decay": 1.0}, {"min_step_length": 0.0}]
+)
+def test_boundary_configs_are_accepted(good: dict[str, float]) -> None:
+    PSOConfig(**good)  # type: ignore[arg-type]
+
+
+def test_incompatible_particles_are_named_in_the_error() -> None:
+    with pytest.raises(ValueError, match=r"particle 2: different tensors \(missing \['b'\], extra \['c'\]\)"):
+        ParticleSwarm(PSOConfig(), [{"a": t(0.0), "b": t(0.0)}, {"a": t(1.0), "b": t(1.0)}, {"a": t(2.0), "c": t(2.0)}])
+    with pytest.raises(ValueError, match="particle 1: tensor 'a' has shape"):
+        ParticleSwarm(PSOConfig(), [{"a": t(0.0)}, {"a": t(0.0, 1.0)}])
+
+
+def test_with_nothing_scored_and_no_inertia_the_particles_keep_drifting() -> None:
+    """No utility yet (every one None) leaves no pull at all: the velocity is kept, never divided by a zero sum."""
+    cfg = PSOConfig(initial_velocity="random", random_factors=False, step_length=1.0, **only(cognitive=1.0))
+    swarm = ParticleSwarm(cfg, [t(0.0), t(2.0)])
+    v0 = [p.v.clone() for p in swarm.particles]
+    swarm.tell([None, None])
+    for p, x, v in zip(swarm.particles, [t(0.0), t(2.0)], v0, strict=True):
+        assert torch.equal(p.v, v) and torch.equal(p.x, x + v)
