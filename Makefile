@@ -11,7 +11,7 @@ export VLLM_CPU_KVCACHE_SPACE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: install toy serve router search test test-slow test-all lint bench load fuzz mutation deploy-check clean-toy
+.PHONY: install toy ensembles serve router search test test-slow test-all lint bench load fuzz mutation deploy-check clean-toy
 
 install: $(STAMP)
 
@@ -34,14 +34,19 @@ endif
 toy: install
 	$(BIN)/swarmgate toy build
 
-serve: toy
+# The toy world's ensembles (a searched swarmed expert, a DAG chosen on dev, a PPO router; ~3 min on 2 idle cores,
+# cached under the toy world): `swarmgate serve` with no spec serves them beside the experts.
+ensembles: toy
+	$(BIN)/swarmgate toy ensembles
+
+serve: ensembles
 	$(BIN)/swarmgate serve --port $(PORT) $(SPEC_ARG)
 
 # The toy router end to end (~20 min on 2 cores): collect trajectories, train PPO, evaluate, write a spec with toy-router.
 router: toy
 	$(BIN)/swarmgate router collect --split train
 	$(BIN)/swarmgate router train
-	$(BIN)/swarmgate router eval --collect --oracle-depth 2
+	$(BIN)/swarmgate router eval --collect
 	$(BIN)/swarmgate router spec --out artifacts/router/spec.yaml
 	@echo ">> serve it: make serve SPEC=artifacts/router/spec.yaml"
 
