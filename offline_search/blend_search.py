@@ -17,6 +17,7 @@ Writes ``spec_snippet.yaml`` (a ``kind: blend`` ensemble), ``summary.json``, ``l
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -110,13 +111,22 @@ class CachedGreedyBlend:
         self.misses = 0
 
     async def dist(self, i: int, ids: tuple[int, ...]) -> torch.Tensor:
+        """Member ``i``'s next-token log-distribution after ``ids``. A miss scores every member on the same engine at
+        once (one forward pass whose rows are the members' adapters) and caches them all."""
         key = (i, ids)
         hit = self.cache.get(key)
         if hit is None:
-            m = self.members[i]
-            hit = await m.engine.next_token_logprobs(list(ids), adapter=m.adapter)
-            self.cache[key] = hit
+            engine = self.members[i].engine
+            rows = [j for j, m in enumerate(self.members) if m.engine is engine and (j, ids) not in self.cache]
+            session = await scoring(engine).open_scoring([self.members[j].adapter for j in rows])
+            try:
+                out = await session.feed(list(ids))
+            finally:
+                await session.close()
+            for r, j in enumerate(rows):
+                self.cache[(j, ids)] = out[r, -1]
             self.misses += 1
+            hit = self.cache[key]
         return hit
 
     async def answer(self, prompt_ids: list[int], weights: list[float], gate: B.Gate | None) -> str:
@@ -168,9 +178,12 @@ class BlendSearch:
         if key in self.memo:
             return self.memo[key]
         assert self.decoder is not None
-        outputs = [
-            await self.decoder.answer(self.prompt_ids[e.question], part.weights, self._gate(part)) for e in examples
-        ]
+        decoder = self.decoder
+        outputs = list(
+            await asyncio.gather(
+                *(decoder.answer(self.prompt_ids[e.question], part.weights, self._gate(part)) for e in examples)
+            )
+        )
         value = (await self.utility.score(examples, outputs)).value
         self.memo[key] = value
         return value
