@@ -117,3 +117,16 @@ def test_every_node_joins_without_a_threshold(n: int) -> None:
     for top_p in (0.0, 0.5, 1.0):
         g = g_decode(rng.normal(size=(n, n)), top_p=top_p, rng=rng)
         assert sorted(g.nodes) == list(range(n)) and len(g.edges) == n - 1 and g.dropped() == []
+
+
+def test_sampled_successor_follows_softmax_of_the_nodes_edge_weights() -> None:
+    """Given the end node and the first joiner, the last node links to a node in the graph ~ softmax(A[i, graph])."""
+    a = np.array([[0.0, 0.3, 0.0], [0.0, 0.0, 0.0], [1.2, 0.2, 0.0]])  # end: 1 (sends least); 2 joins first, then 0
+    links = np.zeros(3)
+    for s in range(1500):
+        g = g_decode(a, top_p=1.0, rng=np.random.default_rng(s))
+        if g.end == 1 and g.nodes[1:] == (2, 0):
+            links[dict(g.edges)[0]] += 1
+    want = np.exp([0.0, 0.3]) / np.exp([0.0, 0.3]).sum()  # node 0 -> 1 (weight 0.3) or -> 2 (weight 0.0)
+    assert links.sum() > 200
+    assert np.allclose([links[1], links[2]] / links.sum(), [want[1], want[0]], atol=0.05)
