@@ -206,3 +206,15 @@ def test_a_one_member_top_k_blend_is_that_member_on_its_reported_tokens() -> Non
     a = torch.tensor([math.log(0.6), nan, math.log(0.2), nan])
     out = B.blend_topk([a], [1.0]).exp()
     assert out.tolist() == pytest.approx([0.75, 0.0, 0.25, 0.0])
+
+
+def test_pick_with_a_seeded_generator_ignores_the_global_rng() -> None:
+    probs = torch.full((50,), 1 / 50)
+
+    def draws(seed: int) -> list[int]:
+        g = torch.Generator().manual_seed(7)
+        with torch.random.fork_rng():  # restored afterwards: other tests keep their global RNG
+            torch.manual_seed(seed)  # the global RNG differs between the two runs
+            return [B.pick(probs, g) for _ in range(20)]
+
+    assert draws(1) == draws(2)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from offline_search.pso import ParticleSwarm, PSOConfig, clone, interpolate_children, params_hash, zeros_like
+from offline_search.pso import ParticleSwarm, PSOConfig, clone, combine, interpolate_children, params_hash, zeros_like
 
 
 def t(*xs: float) -> torch.Tensor:
@@ -333,3 +333,23 @@ def test_with_nothing_scored_and_no_inertia_the_particles_keep_drifting() -> Non
     swarm.tell([None, None])
     for p, x, v in zip(swarm.particles, [t(0.0), t(2.0)], v0, strict=True):
         assert torch.equal(p.v, v) and torch.equal(p.x, x + v)
+
+
+def test_random_initial_velocity_points_at_another_particle() -> None:
+    xs = [t(0.0), t(10.0), t(200.0), t(3000.0)]
+    seen: set[tuple[int, int]] = set()
+    for seed in range(12):
+        swarm = ParticleSwarm(PSOConfig(initial_velocity="random", seed=seed), xs)
+        for i, p in enumerate(swarm.particles):
+            target = p.x + p.v  # v_0 = x_j - x_i
+            j = next(k for k, x in enumerate(xs) if torch.equal(x, target))
+            assert j != i
+            seen.add((i, j))
+    assert len(seen) == 12  # every other particle is drawn for every particle
+
+
+def test_combine_is_float32_and_takes_a_single_term() -> None:
+    half = {"w": torch.tensor([1.5, -2.0], dtype=torch.float16)}
+    out = combine([(2.0, half)])
+    assert out["w"].dtype == torch.float32 and out["w"].tolist() == [3.0, -4.0]
+    assert torch.equal(combine([(0.5, t(4.0))]), t(2.0))
