@@ -55,7 +55,7 @@ def combine(logps: Sequence[torch.Tensor], weights: Sequence[float], rule: Rule 
     if rule == "loglinear":
         acc = torch.zeros_like(live[0][1])
         for w, lp in live:
-            acc = acc + w * lp.nan_to_num(nan=NEG_INF)  # -inf * w stays -inf (w > 0)
+            acc = acc + w * lp.nan_to_num(nan=NEG_INF, neginf=NEG_INF)  # -inf * w stays -inf (w > 0)
         if torch.isinf(acc).all(dim=-1).any():
             raise ValueError("log-linear blend: the members share no token with non-zero probability")
         return torch.log_softmax(acc, dim=-1)
@@ -170,7 +170,7 @@ def union_support(raw: Sequence[torch.Tensor]) -> torch.Tensor:
     """Boolean mask of the tokens at least one member reported (non-nan, finite) in ``raw``."""
     mask = torch.zeros_like(raw[0], dtype=torch.bool)
     for lp in raw:
-        mask |= ~torch.isnan(lp) & torch.isfinite(lp.nan_to_num(nan=NEG_INF))
+        mask |= ~torch.isnan(lp) & torch.isfinite(lp.nan_to_num(nan=NEG_INF, neginf=NEG_INF))
     return mask
 
 

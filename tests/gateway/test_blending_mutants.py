@@ -44,11 +44,6 @@ def test_linear_renormalises_members_that_lost_mass() -> None:
     assert torch.allclose(out, raw / raw.sum(), atol=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: combine's lp.nan_to_num(nan=-inf) also maps -inf to -3.4e38 (torch's neginf default), so acc is never "
-    "inf and two members with disjoint support blend to a distribution (uniform) instead of raising",
-)
 def test_loglinear_with_no_shared_token_in_any_row_is_refused() -> None:
     a = torch.stack([lp(0.5, 0.5, 0.0), lp(1.0, 0.0, 0.0)])
     b = torch.stack([lp(0.0, 0.5, 0.5), lp(0.0, 0.0, 1.0)])  # row 1 shares nothing
@@ -152,11 +147,6 @@ def test_union_support_is_the_reported_tokens() -> None:
     assert B.union_support([a, b]).tolist() == [True, False, True, True]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: union_support's lp.nan_to_num(nan=-inf) maps -inf to a finite -3.4e38, so a token reported as "
-    "impossible counts as reported (the docstring says non-nan, finite)",
-)
 def test_union_support_ignores_impossible_tokens() -> None:
     nan = float("nan")
     a = torch.tensor([0.0, nan, B.NEG_INF, nan])
