@@ -335,6 +335,7 @@ class VLLMEngine(Engine):
         from vllm.sampling_params import SamplingParams as VSamplingParams
 
         greedy = params.temperature <= 0.0
+        # JSON whitespace is vLLM's engine setting: engine_args {structured_outputs_config: {disable_any_whitespace: true}}
         structured = None
         if params.structured is not None:
             from vllm.sampling_params import StructuredOutputsParams
@@ -469,7 +470,7 @@ class VLLMEngine(Engine):
                     if comp.finish_reason not in ("stop", "length", "abort"):
                         raise EngineError(f"vllm request {rid} ended with finish_reason={comp.finish_reason!r}")
                     reason: FinishReason = comp.finish_reason
-                    if params.tools is not None and self._tools is not None and reason != "abort":
+                    if params.tools is not None and self._tools is not None and reason == "stop":  # not cut off
                         chunk.text, calls = self._tools.parse(chunk.text, params.tools)
                         if calls:
                             chunk.tool_calls, reason = calls, "tool_calls"
