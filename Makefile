@@ -11,7 +11,7 @@ export VLLM_CPU_KVCACHE_SPACE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: install toy ensembles serve router search test test-slow test-all lint bench bench-stream load fuzz mutation deploy-check clean-toy
+.PHONY: install toy ensembles serve router search test test-slow test-all lint bench bench-blend bench-stream load fuzz mutation deploy-check clean-toy
 
 install: $(STAMP)
 
@@ -78,6 +78,10 @@ mutation: install
 
 bench: toy
 	$(BIN)/python benchmarks/gateway_overhead.py
+
+# Blending: tokens/s of the lead alone vs naive, gated and speculative 2- and 3-member blends (same engine, same run).
+bench-blend: toy
+	$(BIN)/python benchmarks/blend.py
 
 # Streaming: TTFT and inter-token latency p50/p95, gateway vs `vllm serve` (same engine config).
 bench-stream: toy
