@@ -41,6 +41,7 @@ from gateway.engines.base import (
     TokenLogprob,
     can_score,
 )
+from gateway.errors import InvalidRequestError
 from gateway.executors.base import ExecEvent, ExecRequest, Executor, ExpertHandle, StepInfo
 
 log = logging.getLogger(__name__)
@@ -272,8 +273,36 @@ class BlendExecutor(Executor):
         return B.blend_topk([logp], [1.0]) if bool(torch.isnan(logp).any()) else logp
 
     # ------------------------------------------------------------------------------------------------ stream
+    UNSUPPORTED = (
+        ("presence_penalty", "presence_penalty"),
+        ("frequency_penalty", "frequency_penalty"),
+        ("repetition_penalty", "repetition_penalty"),
+        ("top_k", "top_k"),
+        ("min_p", "min_p"),
+        ("min_tokens", "min_tokens"),
+        ("logit_bias", "logit_bias"),
+        ("ignore_eos", "ignore_eos"),
+        ("prompt_logprobs", "prompt_logprobs"),
+        ("structured", "response_format"),
+        ("tools", "tools"),
+    )
+    """(SamplingParams field, request field) pairs a blend does not implement: it samples from the blended
+    distribution with temperature, top_p, seed, stop and max_tokens only."""
+
+    def check(self, params: SamplingParams) -> None:
+        """Refuse (400 naming the field) what blending can't honour, instead of serving it silently without."""
+        defaults = SamplingParams()
+        for attr, name in self.UNSUPPORTED:
+            if getattr(params, attr) != getattr(defaults, attr):
+                raise InvalidRequestError(
+                    f"'{name}' is not supported by blend model {self.name!r}: a blend samples from its members' mixed "
+                    "distribution with temperature, top_p, seed, stop and max_tokens only; ask a single expert",
+                    param=name,
+                )
+
     async def stream(self, request: ExecRequest) -> AsyncIterator[ExecEvent]:
         params = request.params
+        self.check(params)
         mode = self.mode()
         groups, lead_group, lead_row = self._groups(mode if mode != "aligned" else "aligned")
         gen = _generator(params)

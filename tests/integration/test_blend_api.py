@@ -83,3 +83,23 @@ def test_n_seed_stop_and_logprobs(client: openai.OpenAI) -> None:
     lp = client.chat.completions.create(model="toy-blend", **ask(temperature=0, logprobs=True, top_logprobs=2))
     content = lp.choices[0].logprobs.content
     assert content and all(t.logprob <= 0 and len(t.top_logprobs) == 2 for t in content)
+
+
+@pytest.mark.parametrize(
+    ("field", "extra"),
+    [
+        ("frequency_penalty", {"frequency_penalty": 0.5}),
+        ("top_k", {"top_k": 3}),
+        ("logit_bias", {"logit_bias": {"5": 10}}),
+        ("response_format", {"response_format": {"type": "json_object"}}),
+    ],
+)
+def test_fields_a_blend_cannot_honour_are_refused(client: openai.OpenAI, field: str, extra: dict[str, Any]) -> None:
+    body = ask(temperature=0)
+    sdk = {k: v for k, v in extra.items() if k in ("frequency_penalty", "logit_bias", "response_format")}
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(
+            model="toy-blend", **body, **sdk, extra_body={k: v for k, v in extra.items() if k not in sdk} or None
+        )
+    assert err.value.status_code == 400
+    assert err.value.body["param"] == field and "blend" in err.value.body["message"]
