@@ -285,6 +285,7 @@ class OpenAIServing:
             max_tokens = DEFAULT_MAX_TOKENS
         params = SamplingParams(
             max_tokens=max_tokens,
+            fit_context=limit is None,
             temperature=1.0 if body.temperature is None else body.temperature,
             top_p=1.0 if body.top_p is None else body.top_p,
             stop=body.stops(),

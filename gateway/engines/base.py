@@ -139,12 +139,25 @@ class SamplingParams:
     """Constrain the output (``response_format``)."""
     tools: ToolRequest | None = None
     """Tools the model may call; the engine returns ``tool_calls`` instead of text when it calls one."""
+    fit_context: bool = False
+    """The client set no ``max_tokens``: an engine shortens ``max_tokens`` to the room its context leaves after the
+    prompt instead of refusing it (what OpenAI and vLLM do). Ensemble nodes need it: their prompts grow with their
+    predecessors' answers."""
     final_only: bool = False
     """The caller wants the finished result only (a non-streaming request): an engine may deliver one chunk at the
     end instead of every increment (vLLM's ``RequestOutputKind.FINAL_ONLY``), which saves per-token work."""
 
     def greedy(self) -> SamplingParams:
         return replace(self, temperature=0.0, top_p=1.0, seed=None)
+
+    def fitted(self, prompt_tokens: int, max_model_len: int) -> SamplingParams:
+        """These settings for a prompt of ``prompt_tokens`` on a context of ``max_model_len``: with ``fit_context``,
+        ``max_tokens`` shortened to the room left; otherwise (or with no room at all) ``PromptTooLong``."""
+        if prompt_tokens + self.max_tokens <= max_model_len:
+            return self
+        if self.fit_context and prompt_tokens < max_model_len:
+            return replace(self, max_tokens=max_model_len - prompt_tokens)
+        raise PromptTooLong(prompt_tokens, self.max_tokens, max_model_len)
 
     def used_fields(self) -> list[str]:
         """The request fields (OpenAI / vLLM names) this request sets to something other than "off"."""

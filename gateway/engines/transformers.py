@@ -35,7 +35,6 @@ from gateway.engines.base import (
     EngineError,
     InvalidEngineRequest,
     Prompt,
-    PromptTooLong,
     SamplingParams,
     StructuredOutput,
     TokenLogprob,
@@ -233,8 +232,7 @@ class TransformersEngine(Engine):
         if self._thread is None:
             raise EngineError("transformers engine not started")
         ids = self.tokenize(prompt)
-        if len(ids) + params.max_tokens > self.max_model_len:
-            raise PromptTooLong(len(ids), params.max_tokens, self.max_model_len)
+        params = params.fitted(len(ids), self.max_model_len)
         unsupported = self.unsupported(params)
         if unsupported:
             raise InvalidEngineRequest(f"the transformers engine can't honour '{unsupported[0]}'", param=unsupported[0])

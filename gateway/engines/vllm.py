@@ -427,8 +427,7 @@ class VLLMEngine(Engine):
 
             self._tools = VLLMToolCalls(str(self.tool_call_parser), self._tokenizer, self.model)
         text, ids = self._prompt_token_ids(prompt, params)
-        if len(ids) + params.max_tokens > self.max_model_len:
-            raise PromptTooLong(len(ids), params.max_tokens, self.max_model_len)
+        params = params.fitted(len(ids), self.max_model_len)
         lora = self._lora_request(adapter)
         await self._ensure_loaded(lora)
 
