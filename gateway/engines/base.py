@@ -181,6 +181,24 @@ _USED: dict[str, Any] = {
 }
 """Request field -> "does this request use it"; what ``Engine.supported_fields`` is checked against."""
 
+LOCAL_ENGINE_FIELDS = frozenset(
+    {
+        "seed",
+        "logprobs",
+        "presence_penalty",
+        "frequency_penalty",
+        "repetition_penalty",
+        "top_k",
+        "min_p",
+        "min_tokens",
+        "logit_bias",
+        "ignore_eos",
+        "prompt_logprobs",
+        "response_format",
+    }
+)
+"""What both in-process engines (transformers, vLLM) honour; vLLM adds ``tools`` where a parser is set."""
+
 
 @dataclass(frozen=True)
 class TokenLogprob:

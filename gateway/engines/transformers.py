@@ -29,6 +29,7 @@ from typing import Any
 
 from gateway.engines.adapters import adapter_mismatch
 from gateway.engines.base import (
+    LOCAL_ENGINE_FIELDS,
     Adapter,
     Chunk,
     Engine,
@@ -82,22 +83,7 @@ class _Call:
 
 class TransformersEngine(Engine):
     kind = "transformers"
-    supported_fields = frozenset(
-        {
-            "seed",
-            "logprobs",
-            "presence_penalty",
-            "frequency_penalty",
-            "repetition_penalty",
-            "top_k",
-            "min_p",
-            "min_tokens",
-            "logit_bias",
-            "ignore_eos",
-            "prompt_logprobs",
-            "response_format",
-        }
-    )
+    supported_fields = LOCAL_ENGINE_FIELDS
     """Everything but ``tools`` (no tool parser runs on this engine)."""
 
     def __init__(

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.engines.base import (
+    LOCAL_ENGINE_FIELDS,
     Adapter,
     Chunk,
     Engine,
@@ -96,23 +97,7 @@ class VLLMEngine(Engine):
     """
 
     kind = "vllm"
-    supported_fields = frozenset(
-        {
-            "seed",
-            "logprobs",
-            "presence_penalty",
-            "frequency_penalty",
-            "repetition_penalty",
-            "top_k",
-            "min_p",
-            "min_tokens",
-            "logit_bias",
-            "ignore_eos",
-            "prompt_logprobs",
-            "response_format",
-            "tools",
-        }
-    )
+    supported_fields = LOCAL_ENGINE_FIELDS | {"tools"}
     """Everything (``tools`` only with a ``tool_call_parser``; see ``unsupported``)."""
 
     def __init__(self, model: str, **engine_args: Any):
