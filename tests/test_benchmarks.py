@@ -1,0 +1,138 @@
+"""Every script in ``benchmarks/`` runs to the end on a tiny budget and writes the JSON its docstring promises.
+
+Speed is never asserted (the numbers are the benchmark's, quoted from quiet runs); what is checked is that each
+script still runs against today's gateway, engines and toy world, and that what it writes is consistent: every
+request accounted for, positive rates, ratios that are the quotient of the rates they name.
+Slow (each starts servers or engines); the vLLM ones also carry the vllm marker. CI runs both.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import REPO
+from tests.router.conftest import scripted_policy
+
+pytestmark = pytest.mark.slow
+
+
+def bench(script: str, out: Path, *args: str, timeout: float = 540) -> tuple[dict, str]:
+    cmd = [sys.executable, str(REPO / "benchmarks" / script), *args, "--out", str(out)]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return json.loads(out.read_text()), done.stdout
+
+
+@pytest.mark.vllm
+def test_gateway_overhead(toy_world, tmp_path: Path) -> None:
+    args = ["--requests", "16", "--rounds", "2", "--warmup-passes", "1", "--concurrency", "1", "4"]
+    res, stdout = bench("gateway_overhead.py", tmp_path / "o.json", *args)
+    assert [r["concurrency"] for r in res["summary"]] == [1, 4]
+    assert len(res["runs"]) == 3 * 2 * 2  # targets x concurrency levels x rounds
+    for row in res["summary"]:
+        for target in ("engine (direct)", "vllm serve", "swarmgate"):
+            assert row[target]["rps"] > 0 and 0 < row[target]["p50_ms"] <= row[target]["p95_ms"]
+        assert row["rps_ratio_vs_vllm_serve"] == pytest.approx(row["swarmgate"]["rps"] / row["vllm serve"]["rps"])
+        assert len(row["rps_ratio_per_round"]) == 2
+        assert row["gateway_overhead_header_ms"]["p50"] >= 0  # the gateway sent x-swarmgate-overhead-ms
+    assert "gateway/vllm" in stdout
+
+
+@pytest.mark.vllm
+def test_streaming(toy_world, tmp_path: Path) -> None:
+    args = ["--requests", "8", "--rounds", "1", "--warmup-passes", "0", "--concurrency", "2", "--max-tokens", "8"]
+    res, _ = bench("streaming.py", tmp_path / "s.json", *args)
+    assert len(res["runs"]) == 2  # vllm serve and swarmgate, one round at one concurrency
+    (row,) = res["summary"]
+    for target in ("vllm serve", "swarmgate"):
+        m = row[target]
+        assert m["rps"] > 0 and 0 < m["ttft_p50_ms"] <= m["ttft_p95_ms"] and 0 < m["itl_p50_ms"] <= m["itl_p95_ms"]
+    assert row["added_ttft_p50_ms"] == pytest.approx(row["swarmgate"]["ttft_p50_ms"] - row["vllm serve"]["ttft_p50_ms"])
+
+
+def test_blend(toy_world, tmp_path: Path) -> None:
+    args = ["--engine", "transformers", "--prompts", "2", "--max-tokens", "4", "--rounds", "1"]
+    res, stdout = bench("blend.py", tmp_path / "b.json", *args)
+    configs = {row["config"]: row for row in res["table"]}
+    assert set(configs) == {
+        "lead alone",
+        "2 naive",
+        "3 naive",
+        "3 gated",
+        "2 speculative",
+        "3 speculative",
+        "3 spec+gated",
+        "lead generate",
+    }
+    assert configs["lead alone"]["vs_lead_alone"] == 1.0
+    for name, row in configs.items():
+        assert row["tokens"] > 0 and row["tokens_per_s"] == pytest.approx(row["tokens"] / row["seconds"], rel=0.02)
+        speculative = "speculative" in name or "spec+" in name
+        assert (row["acceptance_rate"] is not None) == speculative, name
+        if speculative:
+            assert 0 <= row["acceptance_rate"] <= 1
+    # naive blending steps every engine once per token: toy-big leads; toy-adder and toy-reverser are LoRA adapters
+    # on one base engine, scored together in one forward pass (the shared-base fast path)
+    assert configs["3 naive"]["lead_forwards_per_token"] == pytest.approx(1.0, abs=0.3)
+    assert configs["3 naive"]["other_forwards_per_token"] == pytest.approx(1.0, abs=0.3)
+    assert configs["3 naive"]["fraction_blended"] == 1.0 and 0 <= configs["3 gated"]["fraction_blended"] <= 1
+    assert configs["3 naive"]["tokens"] == configs["3 speculative"]["tokens"]
+    assert "wrote" in stdout
+
+
+def test_load(toy_world, tmp_path: Path) -> None:
+    args = ["--levels", "1", "6", "--duration", "2", "--max-concurrency", "2", "--max-queue", "2"]
+    res, _ = bench("load.py", tmp_path / "l.json", *args)
+    assert [lv["concurrency"] for lv in res["levels"]] == [1, 6]
+    for lv in res["levels"]:
+        assert lv["lost"] == 0 and not lv["outcomes"].get("hung")  # every request answered: 200, 429 or 503
+        assert lv["in_flight_after"] == 0 and lv["queued_after"] == 0
+        assert sum(lv["outcomes"].values()) == lv["sent"]
+
+
+def test_router_bench(toy_world, tmp_path: Path) -> None:
+    experts = ["toy-base", "toy-adder", "toy-reverser", "toy-sorter", "toy-counter", "toy-big"]
+    policy = tmp_path / "policy"
+    scripted_policy(policy, "toy-adder", "toy-reverser", experts=experts, costs=[1, 1, 1, 1, 1, 4], max_steps=2)
+    cfg = yaml.safe_load((REPO / "router" / "toy.yaml").read_text())
+    cfg.update(spec=str(toy_world.spec_path), cache=str(tmp_path / "cache.sqlite"), policy_dir=str(policy))
+    cfg["data"].update(dir=str(toy_world.data_dir))
+    config = tmp_path / "router.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    args = ["--config", str(config), "--requests", "6", "--concurrency", "2", "--skip-sentence"]
+    res, _ = bench("router_bench.py", tmp_path / "r.json", *args)
+    assert res["decide"]["hashed"]["p50_ms"] > 0
+    text = json.dumps(res)
+    assert '"executor"' in text and '"http"' in text
+
+
+def test_swarm_search(toy_world, tmp_path: Path) -> None:
+    args = [
+        "--engines",
+        "transformers",
+        "--particles",
+        "4",
+        "--iterations",
+        "1",
+        "--dev-limit",
+        "2",
+        "--test-limit",
+        "2",
+        "--quiet",
+    ]
+    res, _ = bench("swarm_search.py", tmp_path / "w.json", *args)
+    runs = res["runs"]
+    assert {r["search"] for r in runs} == {"swarm", "graph"}
+    assert all(r["engine"] == "transformers" for r in runs)
+    for search in ("swarm", "graph"):
+        variants = [r for r in runs if r["search"] == search]
+        assert len(variants) >= 2 and len({r["cache"] for r in variants}) == len(variants)
+        # the output cache changes the time, never the result
+        assert len({(r["best_dev"], r["best_test"]) for r in variants}) == 1
+        assert all(r["utility_evaluations"] > 0 and r["evals_per_s"] > 0 for r in variants)
