@@ -207,7 +207,9 @@ async def main() -> None:
             return (await direct.complete(prompt, params)).completion_tokens
 
         results: list[dict] = []
-        limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+        # Idle connections are dropped after 1 s, before the servers' 5 s keep-alive timeout closes them under a request
+        # (a request sent on a connection the server is closing fails with ReadError).
+        limits = httpx.Limits(max_connections=256, max_keepalive_connections=256, keepalive_expiry=1.0)
         async with httpx.AsyncClient(timeout=120, limits=limits) as client:
             for c in args.concurrency:
                 overhead[c] = []
