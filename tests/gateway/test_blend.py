@@ -192,6 +192,7 @@ async def _exact_two_token_law(
     return law
 
 
+@pytest.mark.slow  # 400 seeded samples (30 s); CI runs it
 async def test_seeded_speculative_samples_follow_the_blend_chi_square(rt: Runtime) -> None:
     prompt, temperature, n = render("sort qzb"), 1.6, 400
     law = await _exact_two_token_law(rt, prompt, temperature)

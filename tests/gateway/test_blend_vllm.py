@@ -14,7 +14,7 @@ from gateway.runtime import Runtime
 from gateway.spec import parse_spec
 from tests.gateway.test_blend import MEMBERS, WEIGHTS, run, toy_prompts, toy_spec
 
-pytestmark = [pytest.mark.vllm, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1800)]  # slow: CI runs it after the default run
 
 GREEDY = SamplingParams(max_tokens=8, temperature=0.0)
 

@@ -335,12 +335,14 @@ async def remote(vllm_server: tuple[str, str, str]) -> AsyncIterator[OpenAIEngin
 
 
 @pytest.mark.vllm
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 async def test_vllm_server_discovers_max_model_len(remote: OpenAIEngine):
     assert remote.max_model_len == 512
 
 
 @pytest.mark.vllm
+@pytest.mark.slow
 @pytest.mark.parametrize("prompt", [CHAT, "ab c\nZ!"], ids=["chat", "text"])
 async def test_vllm_server_greedy_stream_and_usage(remote: OpenAIEngine, prompt: object):
     params = SamplingParams(max_tokens=20, temperature=0.0)
@@ -353,6 +355,7 @@ async def test_vllm_server_greedy_stream_and_usage(remote: OpenAIEngine, prompt:
 
 
 @pytest.mark.vllm
+@pytest.mark.slow
 @pytest.mark.parametrize("prompt", [CHAT, "ab c\nZ!"], ids=["chat", "text"])
 async def test_vllm_server_logprobs(remote: OpenAIEngine, prompt: object):
     done = await remote.complete(prompt, SamplingParams(max_tokens=6, temperature=0.0, logprobs=3))  # type: ignore[arg-type]
@@ -364,6 +367,7 @@ async def test_vllm_server_logprobs(remote: OpenAIEngine, prompt: object):
 
 
 @pytest.mark.vllm
+@pytest.mark.slow
 async def test_vllm_server_lora_by_name(remote: OpenAIEngine, vllm_server: tuple[str, str, str]):
     params = SamplingParams(max_tokens=20, temperature=0.0)
     base = await remote.complete(CHAT, params)
@@ -373,6 +377,7 @@ async def test_vllm_server_lora_by_name(remote: OpenAIEngine, vllm_server: tuple
 
 
 @pytest.mark.vllm
+@pytest.mark.slow
 async def test_vllm_server_prompt_too_long(remote: OpenAIEngine):
     with pytest.raises(PromptTooLong, match="maximum context length is 512") as info:
         await remote.complete("a" * 600, SamplingParams(max_tokens=4))
@@ -381,6 +386,7 @@ async def test_vllm_server_prompt_too_long(remote: OpenAIEngine):
 
 
 @pytest.mark.vllm
+@pytest.mark.slow
 async def test_vllm_server_seeded_sampling_and_cancel(remote: OpenAIEngine):
     params = SamplingParams(max_tokens=20, temperature=1.5, seed=7)
     a, b = await remote.complete("ab", params), await remote.complete("ab", params)

@@ -10,7 +10,7 @@ import pytest
 from gateway.engines import create_engine
 from gateway.engines.base import Adapter, SamplingParams
 
-pytestmark = pytest.mark.vllm
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]  # slow: CI runs it; test_vllm_gateway checks parity by default
 
 GREEDY = SamplingParams(max_tokens=24, temperature=0.0)
 

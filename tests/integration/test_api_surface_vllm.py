@@ -14,7 +14,7 @@ import pytest
 from tests.helpers import running_gateway
 from tests.integration.test_api_surface import JSON_SCHEMA, SCHEMA
 
-pytestmark = pytest.mark.vllm
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]  # slow: an engine start per module; CI runs it
 TOOLS = [
     {
         "type": "function",

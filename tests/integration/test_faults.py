@@ -184,6 +184,7 @@ def test_dead_local_engine_turns_ready_and_health_503(toy_world, tmp_path) -> No
 
 
 @pytest.mark.vllm
+@pytest.mark.slow
 def test_killed_vllm_engine_core_is_reported_and_requests_fail_fast(toy_world, tmp_path) -> None:
     """Finding 6 on vLLM: kill the engine-core process; requests get 502 (not a hang), /ready and /health 503."""
     import psutil

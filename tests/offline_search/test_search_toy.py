@@ -194,6 +194,7 @@ async def test_served_names_score_as_reported(swarm_run, graph_run, toy_world, t
 
 
 @pytest.mark.vllm
+@pytest.mark.slow
 async def test_vllm_serves_the_best_adapter_like_transformers(swarm_run, toy_world):
     """The best adapter loads in vLLM (multi-LoRA) and answers exactly as on the transformers engine."""
     prompts = [[{"role": "user", "content": q}] for q in ("add 47 38", "rev abcdef", "sort dbca", "count a in abaca")]
