@@ -183,7 +183,11 @@ async def test_retrain_from_logs_publishes_a_new_version(world: RouterConfig, tm
         force_publish=True,
         say=messages.append,
     )
-    assert result.published is not None and result.published.name == "v0002" and (Path(cfg.policy_dir) / POINTER).read_text().strip() == "v0002"
+    assert (
+        result.published is not None
+        and result.published.name == "v0002"
+        and (Path(cfg.policy_dir) / POINTER).read_text().strip() == "v0002"
+    )
     meta = load_policy(cfg.policy_dir).meta["training"]
     assert meta["logged_questions"] == len(new_q) and meta["examples"] == len(new_q) + 24
     with TrajectoryCache(cfg.cache) as cache:
