@@ -84,3 +84,24 @@ def scripted_policy(
 @pytest.fixture
 def config(tmp_path: Path) -> RouterConfig:
     return small_config(tmp_path)
+
+
+def toy_router_config(toy_world, tmp: Path, *, limit: int, timesteps: int, max_steps: int = 2) -> tuple[dict, Path]:
+    """The packaged ``router/toy.yaml`` over the real toy world, with every output under ``tmp`` and a small budget
+    (``limit`` questions per task and split, ``timesteps`` PPO steps, transformers engines); returns (data, path)."""
+    import yaml
+
+    data = yaml.safe_load((Path(__file__).resolve().parents[2] / "router" / "toy.yaml").read_text())
+    data.update(
+        spec=str(toy_world.spec_path),
+        cache=str(tmp / "cache.sqlite"),
+        policy_dir=str(tmp / "policy"),
+        eval_dir=str(tmp / "eval"),
+    )
+    data["data"].update(dir=str(toy_world.data_dir), limit_per_task=limit, eval_limit_per_task=limit)
+    data["env"]["max_steps"] = max_steps
+    data["train"].update(total_timesteps=timesteps, n_envs=2, progress_bar=False)
+    data["collect"].update(engine="transformers")
+    path = tmp / "router.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return data, path

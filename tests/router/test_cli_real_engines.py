@@ -13,6 +13,7 @@ import yaml
 
 from router.policy import POINTER, load_policy
 from tests.helpers import REPO
+from tests.router.conftest import toy_router_config
 from tests.router.test_workflow import log_line
 
 
@@ -26,19 +27,8 @@ def first_question(data: Path, task: str, split: str) -> dict:
 
 
 def test_collect_train_and_retrain_from_a_log_on_real_engines(toy_world, tmp_path: Path) -> None:
-    cfg = yaml.safe_load((REPO / "router" / "toy.yaml").read_text())
-    cfg.update(
-        spec=str(toy_world.spec_path),
-        cache=str(tmp_path / "cache.sqlite"),
-        policy_dir=str(tmp_path / "policy"),
-        eval_dir=str(tmp_path / "eval"),
-    )
-    cfg["data"].update(dir=str(toy_world.data_dir), limit_per_task=1, eval_limit_per_task=1)
-    cfg["env"]["max_steps"] = 2
+    cfg, config = toy_router_config(toy_world, tmp_path, limit=1, timesteps=128, max_steps=2)
     cfg["ppo"].update(n_steps=64, batch_size=64, n_epochs=2)
-    cfg["train"].update(total_timesteps=128, n_envs=2, progress_bar=False)
-    cfg["collect"].update(engine="transformers")
-    config = tmp_path / "router.yaml"
     config.write_text(yaml.safe_dump(cfg))
 
     done = swarmgate("collect", "--config", str(config), "--split", "train")

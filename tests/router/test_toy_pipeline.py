@@ -14,23 +14,12 @@ from typer.testing import CliRunner
 
 from router.cli import app
 from router.policy import load_policy
+from tests.router.conftest import toy_router_config
 
 
 @pytest.mark.slow
 def test_toy_world_pipeline_through_the_cli(toy_world, tmp_path: Path) -> None:
-    packaged = yaml.safe_load((Path(__file__).resolve().parents[2] / "router" / "toy.yaml").read_text())
-    packaged.update(
-        spec=str(toy_world.spec_path),
-        cache=str(tmp_path / "cache.sqlite"),
-        policy_dir=str(tmp_path / "policy"),
-        eval_dir=str(tmp_path / "eval"),
-    )
-    packaged["data"].update(dir=str(toy_world.data_dir), limit_per_task=4, eval_limit_per_task=4)
-    packaged["env"]["max_steps"] = 2
-    packaged["train"].update(total_timesteps=3000, n_envs=2, progress_bar=False)
-    packaged["collect"].update(engine="transformers")
-    config = tmp_path / "router.yaml"
-    config.write_text(yaml.safe_dump(packaged))
+    _, config = toy_router_config(toy_world, tmp_path, limit=4, timesteps=3000)
     runner = CliRunner()
 
     r = runner.invoke(app, ["collect", "--config", str(config), "--split", "train"])
