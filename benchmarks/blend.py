@@ -148,7 +148,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 else None,
                 "other_forwards_per_token": round(r["others_fw"] / r["tokens"], 3) if r["tokens"] else None,
                 "tokens": r["tokens"],
-                "seconds": round(r["seconds"], 3),
+                "seconds": round(r["seconds"], 6),
             }
         )
     return {

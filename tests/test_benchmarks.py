@@ -72,7 +72,9 @@ def test_blend(toy_world, tmp_path: Path) -> None:
     }
     assert configs["lead alone"]["vs_lead_alone"] == 1.0
     for name, row in configs.items():
-        assert row["tokens"] > 0 and row["tokens_per_s"] == pytest.approx(row["tokens"] / row["seconds"], rel=0.02)
+        # the JSON rounds seconds to 1 us and the rate to 0.01 tokens/s: compare within that rounding, not a fixed ratio
+        lo, hi = row["tokens"] / (row["seconds"] + 1e-6), row["tokens"] / max(row["seconds"] - 1e-6, 1e-9)
+        assert row["tokens"] > 0 and lo - 0.01 <= row["tokens_per_s"] <= hi + 0.01, (name, row)
         speculative = "speculative" in name or "spec+" in name
         assert (row["acceptance_rate"] is not None) == speculative, name
         if speculative:
