@@ -4,7 +4,10 @@ All three run in this one invocation, interleaved per concurrency level (alterna
 prompts, greedy sampling and the same engine configuration, so the ratios are measured side by side. Non-streaming
 ``/v1/completions`` requests. Reports req/s and latency per target, the gateway's req/s ratio to `vllm serve` per
 round (paired: both measured back to back) and its median, and the mean of the gateway's own
-``x-swarmgate-overhead-ms`` header. Prints a table and writes JSON; never asserts a time.
+``x-swarmgate-overhead-ms`` header. Also the CPU time each process spent per request during the target's own passes
+(client, server API process, engine core), read from the kernel's per-process counters: on a shared box CPU time
+per request swings far less than req/s, and on a GPU server the API process's CPU is what limits it. Prints a table
+and writes JSON; never asserts a time.
 
     .venv/bin/python benchmarks/gateway_overhead.py [--requests 256] [--rounds 4] [--concurrency 1 8 32] [--lora]
         [--model DIR] [--quick] [--out runs/bench/gateway_overhead.json]
@@ -103,6 +106,61 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _cpu_s(proc) -> float:
+    """User + system CPU seconds of one process (all its threads); 0 once it is gone."""
+    import psutil
+
+    try:
+        t = proc.cpu_times()
+    except psutil.Error:
+        return 0.0
+    return t.user + t.system
+
+
+class CpuMeter:
+    """CPU seconds, per role, of the processes a target runs on: the client (this process, which also hosts the
+    direct engine's API side), each server's API process, and the engine cores under each (found by walking the
+    process tree at each reading, so a restarted core is still counted)."""
+
+    def __init__(self, servers: dict[str, int]):
+        import psutil
+
+        self.me = psutil.Process()
+        self.servers = {name: psutil.Process(pid) for name, pid in servers.items()}
+
+    def _cores(self, root) -> list:
+        import psutil
+
+        try:
+            return root.children(recursive=True)
+        except psutil.Error:
+            return []
+
+    def read(self) -> dict[str, float]:
+        out = {"client": _cpu_s(self.me)}
+        server_pids = {p.pid for p in self.servers.values()}
+        # the direct engine's core: this process's descendants that are not a server or under one
+        under_servers = {c.pid for p in self.servers.values() for c in self._cores(p)} | server_pids
+        out["engine (direct) core"] = sum(_cpu_s(c) for c in self._cores(self.me) if c.pid not in under_servers)
+        for name, p in self.servers.items():
+            out[f"{name} api"] = _cpu_s(p)
+            out[f"{name} core"] = sum(_cpu_s(c) for c in self._cores(p))
+        return out
+
+
+def cpu_per_request(before: dict[str, float], after: dict[str, float], target: str, requests: int) -> dict:
+    """ms of CPU per request, by role, that ``target``'s own processes spent during its pass."""
+    d = {k: (after[k] - before.get(k, 0.0)) * 1e3 / requests for k in after}
+    if target == "engine (direct)":
+        roles = {"client": d["client"], "api": 0.0, "core": d["engine (direct) core"]}
+    else:
+        roles = {"client": d["client"], "api": d[f"{target} api"], "core": d[f"{target} core"]}
+    roles["total"] = sum(roles.values())
+    # CPU the other targets' idle processes burned meanwhile (the noise floor every target pays)
+    roles["idle_others"] = sum(v for k, v in d.items() if k != "client" and not k.startswith(target))
+    return {k: round(v, 3) for k, v in roles.items()}
 
 
 class Servers:
@@ -207,6 +265,7 @@ async def main() -> None:
             return (await direct.complete(prompt, params)).completion_tokens
 
         results: list[dict] = []
+        meter = CpuMeter({"vllm serve": servers.procs[1].pid, "swarmgate": servers.procs[0].pid})
         # Idle connections are dropped after 1 s, before the servers' 5 s keep-alive timeout closes them under a request
         # (a request sent on a connection the server is closing fails with ReadError).
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=256, keepalive_expiry=1.0)
@@ -228,8 +287,10 @@ async def main() -> None:
                 for rnd in range(args.rounds):  # interleaved rounds, alternating order, to spread drift over targets
                     order = list(targets.items()) if rnd % 2 == 0 else list(reversed(targets.items()))
                     for name, call in order:
+                        before = meter.read()
                         r = await drive(call, prompts, c)
-                        results.append({"target": name, "concurrency": c, "round": rnd, **r})
+                        cpu = cpu_per_request(before, meter.read(), name, len(prompts))
+                        results.append({"target": name, "concurrency": c, "round": rnd, **r, "cpu_ms_per_request": cpu})
     finally:
         await direct.close()
         servers.stop()
@@ -243,6 +304,9 @@ async def main() -> None:
                 "rps": statistics.mean(r["rps"] for r in rs),
                 "p50_ms": statistics.mean(r["p50_ms"] for r in rs),
                 "p95_ms": statistics.mean(r["p95_ms"] for r in rs),
+                "cpu_ms_per_request": {
+                    k: statistics.median(r["cpu_ms_per_request"][k] for r in rs) for k in rs[0]["cpu_ms_per_request"]
+                },
             }
         g, v = row["swarmgate"], row["vllm serve"]
         row["rps_ratio_vs_vllm_serve"] = g["rps"] / v["rps"]
@@ -256,6 +320,9 @@ async def main() -> None:
         ]
         row["rps_ratio_per_round"] = paired
         row["rps_ratio_median"] = statistics.median(paired)
+        row["api_cpu_ratio_vs_vllm_serve"] = (
+            g["cpu_ms_per_request"]["api"] / v["cpu_ms_per_request"]["api"] if v["cpu_ms_per_request"]["api"] else None
+        )
         ovh = overhead.get(c) or []
         row["gateway_overhead_header_ms"] = {
             "mean": statistics.mean(ovh) if ovh else None,
@@ -268,13 +335,18 @@ async def main() -> None:
         f"\nGateway overhead on {model} ({args.requests} requests/level, max_tokens={args.max_tokens}, "
         f"greedy, {lora} in all three engines)"
     )
-    head = f"{'conc':>4} | {'target':<16} | {'req/s':>8} | {'p50 ms':>8} | {'p95 ms':>8}"
+    head = (
+        f"{'conc':>4} | {'target':<16} | {'req/s':>8} | {'p50 ms':>8} | {'p95 ms':>8} | "
+        f"{'CPU ms/req: client':>18} | {'api':>6} | {'core':>6} | {'total':>6}"
+    )
     print(head + "\n" + "-" * len(head))
     for row in summary:
         for name in ("engine (direct)", "vllm serve", "swarmgate"):
             m = row[name]
+            cpu = m["cpu_ms_per_request"]
             print(
-                f"{row['concurrency']:>4} | {name:<16} | {m['rps']:>8.1f} | {m['p50_ms']:>8.2f} | {m['p95_ms']:>8.2f}"
+                f"{row['concurrency']:>4} | {name:<16} | {m['rps']:>8.1f} | {m['p50_ms']:>8.2f} | {m['p95_ms']:>8.2f} | "
+                f"{cpu['client']:>18.2f} | {cpu['api']:>6.2f} | {cpu['core']:>6.2f} | {cpu['total']:>6.2f}"
             )
         print(
             f"{'':>4} | {'gateway/vllm':<16} | {row['rps_ratio_vs_vllm_serve']:>7.3f}x | "
@@ -282,6 +354,10 @@ async def main() -> None:
             + " ".join(f"{x:.2f}x" for x in row["rps_ratio_per_round"])
             + f" (median {row['rps_ratio_median']:.3f}x)"
         )
+        if row["api_cpu_ratio_vs_vllm_serve"] is not None:
+            print(
+                f"{'':>4} | {'API process CPU per request, gateway/vllm':<16}: {row['api_cpu_ratio_vs_vllm_serve']:.3f}x"
+            )
         ovh = row["gateway_overhead_header_ms"]
         if ovh["p50"] is not None:
             print(f"{'':>4} | {'x-swarmgate-overhead-ms':<16} p50 {ovh['p50']:.3f} ms, mean {ovh['mean']:.3f} ms")

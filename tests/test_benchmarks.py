@@ -41,6 +41,11 @@ def test_gateway_overhead(toy_world, tmp_path: Path) -> None:
         assert row["rps_ratio_vs_vllm_serve"] == pytest.approx(row["swarmgate"]["rps"] / row["vllm serve"]["rps"])
         assert len(row["rps_ratio_per_round"]) == 2
         assert row["gateway_overhead_header_ms"]["p50"] >= 0  # the gateway sent x-swarmgate-overhead-ms
+    for run in res["runs"]:  # CPU per request, by role, from the kernel's counters of the processes actually found
+        cpu = run["cpu_ms_per_request"]
+        assert cpu["client"] > 0 and cpu["core"] > 0, run  # the engine core did the work, whoever served it
+        assert (cpu["api"] > 0) == (run["target"] != "engine (direct)"), run
+        assert cpu["total"] == pytest.approx(cpu["client"] + cpu["api"] + cpu["core"], abs=0.01)
     assert "gateway/vllm" in stdout
 
 
