@@ -4,7 +4,8 @@ The same checkpoint and engine configuration behind both (``gateway_overhead.Ser
 ``/v1/completions`` requests with greedy sampling and ``ignore_eos`` (every request generates exactly ``max_tokens``
 tokens on both servers), interleaved rounds in alternating order per concurrency level. TTFT is measured from
 sending the request to the first frame with text; ITL is the gap between consecutive frames with text, per request.
-Prints p50/p95 per target and the gateway's added p50s; writes JSON; never asserts a time.
+Prints p50/p95 per target, the gateway's added p50s and each server's API-process CPU time per request (as
+``gateway_overhead.py`` measures it); writes JSON; never asserts a time.
 
     .venv/bin/python benchmarks/streaming.py [--requests 64] [--rounds 2] [--concurrency 1 8] [--max-tokens 32]
         [--model DIR] [--quick] [--out runs/bench/streaming.json]
@@ -24,7 +25,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway_overhead import REPO, Servers, percentile, toy_prompts
+from gateway_overhead import REPO, CpuMeter, Servers, cpu_per_request, percentile, toy_prompts
 
 TARGETS = ("vllm serve", "swarmgate")
 
@@ -101,6 +102,7 @@ async def main() -> None:
     try:
         await servers.start()
         urls = {"vllm serve": servers.vllm_url, "swarmgate": servers.gateway_url}
+        meter = CpuMeter({"vllm serve": servers.procs[1].pid, "swarmgate": servers.procs[0].pid})
         # Idle connections are dropped after 1 s, before the servers' 5 s keep-alive timeout closes them under a request
         # (a request sent on a connection the server is closing fails with ReadError).
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=256, keepalive_expiry=1.0)
@@ -112,8 +114,10 @@ async def main() -> None:
                 for rnd in range(args.rounds):
                     order = TARGETS if rnd % 2 == 0 else tuple(reversed(TARGETS))
                     for name in order:
+                        before = meter.read()
                         r = await drive(client, urls[name], prompts, c, args.max_tokens)
-                        results.append({"target": name, "concurrency": c, "round": rnd, **r})
+                        cpu = cpu_per_request(before, meter.read(), name, len(prompts))
+                        results.append({"target": name, "concurrency": c, "round": rnd, **r, "cpu_ms_per_request": cpu})
     finally:
         servers.stop()
 
@@ -124,9 +128,12 @@ async def main() -> None:
         for name in TARGETS:
             rs = [r for r in results if r["target"] == name and r["concurrency"] == c]
             row[name] = {k: statistics.median(r[k] for r in rs) for k in keys}
+            row[name]["api_cpu_ms_per_request"] = statistics.median(r["cpu_ms_per_request"]["api"] for r in rs)
         g, v = row["swarmgate"], row["vllm serve"]
         row["added_ttft_p50_ms"] = g["ttft_p50_ms"] - v["ttft_p50_ms"]
         row["added_itl_p50_ms"] = g["itl_p50_ms"] - v["itl_p50_ms"]
+        vc = v["api_cpu_ms_per_request"]
+        row["api_cpu_ratio_vs_vllm_serve"] = g["api_cpu_ms_per_request"] / vc if vc else None
         summary.append(row)
 
     print(
@@ -135,7 +142,7 @@ async def main() -> None:
     )
     head = (
         f"{'conc':>4} | {'target':<11} | {'req/s':>7} | {'TTFT p50':>9} | {'TTFT p95':>9} | {'ITL p50':>8} | "
-        f"{'ITL p95':>8}"
+        f"{'ITL p95':>8} | {'API CPU ms/req':>14}"
     )
     print(head + "\n" + "-" * len(head))
     for row in summary:
@@ -143,11 +150,12 @@ async def main() -> None:
             m = row[name]
             print(
                 f"{row['concurrency']:>4} | {name:<11} | {m['rps']:>7.1f} | {m['ttft_p50_ms']:>9.2f} | "
-                f"{m['ttft_p95_ms']:>9.2f} | {m['itl_p50_ms']:>8.3f} | {m['itl_p95_ms']:>8.3f}"
+                f"{m['ttft_p95_ms']:>9.2f} | {m['itl_p50_ms']:>8.3f} | {m['itl_p95_ms']:>8.3f} | "
+                f"{m['api_cpu_ms_per_request']:>14.2f}"
             )
         print(
             f"{'':>4} | {'added p50':<11} | {'':>7} | {row['added_ttft_p50_ms']:>+9.2f} | {'':>9} | "
-            f"{row['added_itl_p50_ms']:>+8.3f} |"
+            f"{row['added_itl_p50_ms']:>+8.3f} | {'':>8} | {row['api_cpu_ratio_vs_vllm_serve'] or float('nan'):>13.3f}x"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
