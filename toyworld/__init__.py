@@ -1,5 +1,5 @@
-"""The toy world: synthetic tasks and tiny real checkpoints (a Llama base, LoRA specialists, a bigger generalist),
-built locally in minutes, cached by content hash. The gateway's embedded default and every test's fixture.
+"""The toy world: synthetic tasks and tiny real checkpoints (a Llama base, LoRA specialists and generalists, a bigger
+generalist), built locally in minutes, cached by content hash. The gateway's embedded default and every test's fixture.
 
 Heavy imports (torch, transformers) happen only when building or evaluating.
 """

@@ -1,5 +1,5 @@
-"""Build (or reuse) the toy world: datasets, a tiny Llama base, four LoRA specialists, a bigger generalist, the
-accuracy matrix and a ready-to-serve ``spec.yaml``.
+"""Build (or reuse) the toy world: datasets, a tiny Llama base, four LoRA specialists, three LoRA generalists, a
+bigger generalist, the accuracy matrix and a ready-to-serve ``spec.yaml``.
 
 The build is cached under ``$SWARMGATE_CACHE/toy/<hash>`` (``SWARMGATE_CACHE`` defaults to ``~/.cache/swarmgate``),
 where ``<hash>`` covers the toyworld source files, the config and the library versions: editing the code rebuilds.
@@ -11,7 +11,7 @@ Layout of a build root (every path in ``spec.yaml`` is relative to it)::
     spec.yaml  accuracy.json  toyworld.json
     base/             LlamaForCausalLM (float32 safetensors) + tokenizer files + generation_config.json
     big/              the larger full-weight generalist, same layout
-    experts/<name>/   PEFT LoRA adapters on base/: adder, reverser, sorter, counter
+    experts/<name>/   PEFT LoRA adapters on base/: adder, reverser, sorter, counter, gen-a, gen-b, gen-c
     data/<task>/{train,dev,test}.jsonl
 """
 
@@ -40,6 +40,8 @@ from toyworld.tasks import COMPOSED, SKILLS, TASKS, Example, score_exact
 SPLITS = ("train", "dev", "test")
 EXPERTS = tuple(EXPERT_NAMES.values())
 """The LoRA specialists: adder, reverser, sorter, counter."""
+GENERALISTS = ("gen-a", "gen-b", "gen-c")
+"""The LoRA generalists (``ToyConfig.generalists``): all four skills, each leaning towards another, on its own data."""
 CHAINS = {"addrev": ("adder", "reverser"), "sortrev": ("sorter", "reverser")}
 """Composed task -> the two specialists that solve it in sequence (first answers, second gets it as ``P:``)."""
 DESCRIPTIONS = {
@@ -48,7 +50,10 @@ DESCRIPTIONS = {
     "reverser": "toy LoRA specialist: string reversal; reverses a previous answer (P:) for addrev/sortrev",
     "sorter": "toy LoRA specialist: letter sorting; answers the first step of sortrev",
     "counter": "toy LoRA specialist: letter counting",
-    "big": "toy generalist: larger full-weight Llama trained on all four skills; best single expert, costs more",
+    "big": "toy generalist: larger full-weight Llama trained on all four skills; the best of the router's experts, costs 4x",
+    "gen-a": "toy LoRA generalist: all four skills, leaning to addition; imperfect, its errors differ from gen-b/c's",
+    "gen-b": "toy LoRA generalist: all four skills, leaning to reversal; imperfect, its errors differ from gen-a/c's",
+    "gen-c": "toy LoRA generalist: all four skills, leaning to sorting; imperfect, its errors differ from gen-a/b's",
 }
 BIG_COST = 4.0
 
@@ -94,10 +99,12 @@ class ToyWorld:
     """The big generalist's checkpoint directory (model + tokenizer)."""
     expert_dirs: dict[str, Path]
     """Specialist name (adder, reverser, sorter, counter) -> its LoRA adapter directory."""
+    generalist_dirs: dict[str, Path]
+    """LoRA generalist name (gen-a, gen-b, gen-c) -> its adapter directory (on ``base_dir``)."""
     data_dir: Path
     """``data/<task>/{train,dev,test}.jsonl``."""
     accuracy: dict[str, dict[str, float]]
-    """Model (base, adder, reverser, sorter, counter, big) -> task -> exact match on the test split."""
+    """Model (base, adder, reverser, sorter, counter, gen-a, gen-b, gen-c, big) -> task -> test exact match."""
     chain_accuracy: dict[str, float] = field(default_factory=dict)
     """Composed task -> test exact match of its two-specialist chain (``CHAINS``), e.g. adder then reverser."""
 
@@ -112,6 +119,7 @@ class ToyWorld:
             base_dir=root / "base",
             big_dir=root / "big",
             expert_dirs={name: root / "experts" / name for name in EXPERTS},
+            generalist_dirs={name: root / "experts" / name for name in GENERALISTS},
             data_dir=root / "data",
             accuracy=acc["experts"],
             chain_accuracy=acc.get("chains", {}),
@@ -272,7 +280,6 @@ def _job_base(out: str, config: ToyConfig, progress: bool) -> tuple[str, dict[st
 
 def _job_expert(out: str, final: str, config: ToyConfig, index: int, progress: bool) -> tuple[str, dict[str, float]]:
     import torch
-    from peft import LoraConfig, get_peft_model
     from transformers import LlamaForCausalLM
 
     from toyworld.train import early_stop, expert_mixture, expert_probes, train
@@ -283,16 +290,7 @@ def _job_expert(out: str, final: str, config: ToyConfig, index: int, progress: b
     name = EXPERT_NAMES[recipe.skill]
     _seed_everything(config.seed + 100 + index)
     base = LlamaForCausalLM.from_pretrained(str(Path(out) / "base"), dtype=torch.float32)
-    lora = config.lora
-    peft_cfg = LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        target_modules=list(lora.target_modules),
-        lora_dropout=0.0,
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-    model: Any = get_peft_model(base, peft_cfg)
+    model: Any = _lora_model(base, config.lora)
     pools = {t: d["train"] for t, d in data.items()}
     mixture = expert_mixture(pools, recipe, config.p_fraction)
     stop = early_stop(
@@ -303,6 +301,43 @@ def _job_expert(out: str, final: str, config: ToyConfig, index: int, progress: b
     )
     sched = config.expert_train if recipe.lr is None else replace(config.expert_train, lr=recipe.lr)
     train(model, mixture, sched, seed=config.seed + 200 + index, desc=name, progress=progress, callback=stop)
+    model.peft_config["default"].base_model_name_or_path = str(Path(final) / "base")
+    model.save_pretrained(str(Path(out) / "experts" / name))
+    return name, _evaluate(model.merge_and_unload(), data, config)
+
+
+def _lora_model(base: Any, shape: Any) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    peft_cfg = LoraConfig(
+        r=shape.r,
+        lora_alpha=shape.alpha,
+        target_modules=list(shape.target_modules),
+        lora_dropout=0.0,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(base, peft_cfg)
+
+
+def _job_generalist(
+    out: str, final: str, config: ToyConfig, index: int, progress: bool
+) -> tuple[str, dict[str, float]]:
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from toyworld.train import generalist_mixture, train
+
+    _setup(config)
+    data = _load_data(Path(out))
+    name = GENERALISTS[index]
+    _seed_everything(config.seed + 400 + index)
+    base = LlamaForCausalLM.from_pretrained(str(Path(out) / "base"), dtype=torch.float32)
+    model: Any = _lora_model(base, config.generalist_lora)
+    pools = {t: d["train"] for t, d in data.items()}
+    bag = random.Random(f"toyworld:{config.seed}:{name}")
+    mixture = generalist_mixture(pools, config.p_fraction, config.generalists[index], config.generalist_bag, bag)
+    train(model, mixture, config.generalist_train, seed=config.seed + 500 + index, desc=name, progress=progress)
     model.peft_config["default"].base_model_name_or_path = str(Path(final) / "base")
     model.save_pretrained(str(Path(out) / "experts" / name))
     return name, _evaluate(model.merge_and_unload(), data, config)
@@ -344,7 +379,7 @@ def _spec_yaml() -> str:
 
     lines = ["# The toy world's experts (paths relative to this file). Generated by toyworld.build.", "experts:"]
     lines.append(entry("base", "model: base, cost: 1.0"))
-    lines += [entry(name, f"model: base, adapter: experts/{name}, cost: 1.0") for name in EXPERTS]
+    lines += [entry(name, f"model: base, adapter: experts/{name}, cost: 1.0") for name in (*EXPERTS, *GENERALISTS)]
     lines.append(entry("big", f"model: big, cost: {BIG_COST}"))
     return "\n".join(lines) + "\n"
 
@@ -369,6 +404,8 @@ def _build_into(out: Path, final: Path, config: ToyConfig, progress: bool) -> No
     from concurrent.futures import Future, ProcessPoolExecutor
 
     log = (lambda msg: print(f"[toyworld] {msg}", file=sys.stderr, flush=True)) if progress else (lambda msg: None)
+    if len(config.generalists) != len(GENERALISTS):
+        raise ValueError(f"ToyConfig.generalists: one weight vector per generalist ({', '.join(GENERALISTS)})")
     t0 = time.perf_counter()
     _setup(config)
     data = make_datasets(config)
@@ -389,6 +426,8 @@ def _build_into(out: Path, final: Path, config: ToyConfig, progress: bool) -> No
         done(*_job_base(o, config, progress))
         for i in range(len(config.experts)):
             done(*_job_expert(o, f, config, i, progress))
+        for i in range(len(GENERALISTS)):
+            done(*_job_generalist(o, f, config, i, progress))
     else:
         # big does not need the base: it trains on one worker while the base, then the experts, use the others
         ctx = multiprocessing.get_context("spawn")
@@ -396,11 +435,12 @@ def _build_into(out: Path, final: Path, config: ToyConfig, progress: bool) -> No
             big: Future = pool.submit(_job_big, o, config, progress)
             done(*pool.submit(_job_base, o, config, progress).result())
             experts = [pool.submit(_job_expert, o, f, config, i, progress) for i in range(len(config.experts))]
+            experts += [pool.submit(_job_generalist, o, f, config, i, progress) for i in range(len(GENERALISTS))]
             for fut in experts:
                 done(*fut.result())
             done(*big.result())
 
-    accuracy = {name: results[name] for name in ("base", *EXPERTS, "big")}
+    accuracy = {name: results[name] for name in ("base", *EXPERTS, *GENERALISTS, "big")}
     chains = _evaluate_chains(out, data, config)
     wall = time.perf_counter() - t0
     (out / "accuracy.json").write_text(

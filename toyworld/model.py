@@ -109,6 +109,17 @@ class ToyConfig:
         ExpertRecipe("add", first_step_of=("addrev",), lr=1e-2),
         ExpertRecipe("sort", first_step_of=("sortrev",)),
     )  # the LoRA specialists, named by EXPERT_NAMES[skill]; slowest first (the build runs them on 2 workers)
+    generalists: tuple[tuple[float, ...], ...] = (
+        (2.0, 1.0, 1.0, 0.5),
+        (0.5, 2.0, 1.0, 1.0),
+        (1.0, 0.5, 2.0, 1.0),
+    )  # the LoRA generalists gen-a, gen-b, gen-c: each one's sampling weight per skill (SKILLS order); each leans
+    # towards another skill, so their errors differ and a token-level blend of them beats each (issue 7)
+    generalist_bag: float = 0.2  # share of every training pool a generalist draws from (its own random subset)
+    generalist_lora: LoraShape = field(default_factory=lambda: LoraShape(r=8, alpha=16))  # adapter shape
+    generalist_train: TrainSchedule = field(
+        default_factory=lambda: TrainSchedule(steps=300, batch_size=48, lr=1e-2)
+    )  # each generalist: a fixed budget (no early stop), short of what the four skills need
     stop_every: int = 25  # experts and big: check dev probes every this many steps (0: never stop early)
     stop_target: float = 0.9  # experts stop once every dev probe reaches this; big once its skill mean does
     probe_size: int = 100  # dev examples per probe

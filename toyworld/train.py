@@ -99,6 +99,15 @@ def big_mixture(pools: Pools, p_fraction: float, weights: Sequence[float] = (1.0
     return Mixture(plain + with_p)
 
 
+def generalist_mixture(
+    pools: Pools, p_fraction: float, weights: Sequence[float], bag: float, rng: random.Random
+) -> Mixture:
+    """A LoRA generalist: the big generalist's mixture with its own ``weights``, over its own random ``bag`` share of
+    every skill's pool (bagging: each generalist sees other examples, so its errors differ from its siblings')."""
+    own = {s: rng.sample(pools[s], max(1, int(len(pools[s]) * bag))) for s in SKILLS}
+    return big_mixture(own, p_fraction, weights)
+
+
 def expert_mixture(pools: Pools, recipe: ExpertRecipe, p_fraction: float) -> Mixture:
     """A specialist: its skill (plain and with ``P:``), plus the composed steps it is responsible for."""
     own = [(1.0 - p_fraction, _plain(pools[recipe.skill])), (p_fraction, _with_p(pools[recipe.skill]))]

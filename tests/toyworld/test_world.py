@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from toyworld.build import CHAINS, EXPERTS, ToyWorld, build_toy_world, weights_digest
+from toyworld.build import CHAINS, EXPERTS, GENERALISTS, ToyWorld, build_toy_world, weights_digest
 from toyworld.format import KTP_TEMPLATE, render
 from toyworld.model import EXPERT_NAMES, ToyConfig
 from toyworld.tasks import COMPOSED, SKILLS, TASKS
@@ -33,9 +33,10 @@ def test_layout(toy_world: ToyWorld) -> None:
         ):
             assert (d / name).is_file(), d / name
     assert set(w.expert_dirs) == {"adder", "reverser", "sorter", "counter"} == set(EXPERTS)
-    for d in w.expert_dirs.values():
+    assert set(w.generalist_dirs) == {"gen-a", "gen-b", "gen-c"} == set(GENERALISTS)
+    for d in (*w.expert_dirs.values(), *w.generalist_dirs.values()):
         assert (d / "adapter_config.json").is_file() and (d / "adapter_model.safetensors").is_file()
-    assert set(w.accuracy) == {"base", "big", *EXPERTS}
+    assert set(w.accuracy) == {"base", "big", *EXPERTS, *GENERALISTS}
     assert ToyWorld.load(w.root) == w
 
 
@@ -43,9 +44,10 @@ def test_spec_loads(toy_world: ToyWorld) -> None:
     from gateway.spec import load_spec
 
     spec = load_spec(toy_world.spec_path)
-    assert set(spec.experts) == {"toy-base", "toy-big", *(f"toy-{n}" for n in EXPERTS)}
+    assert set(spec.experts) == {"toy-base", "toy-big", *(f"toy-{n}" for n in (*EXPERTS, *GENERALISTS))}
     assert Path(spec.experts["toy-adder"].model) == toy_world.base_dir
     assert Path(spec.experts["toy-adder"].adapter or "") == toy_world.expert_dirs["adder"]
+    assert Path(spec.experts["toy-gen-b"].adapter or "") == toy_world.generalist_dirs["gen-b"]
     assert spec.experts["toy-big"].cost > spec.experts["toy-base"].cost
 
 
@@ -58,7 +60,7 @@ def test_checkpoints(toy_world: ToyWorld) -> None:
     assert big["hidden_size"] * big["num_hidden_layers"] > cfg["hidden_size"] * cfg["num_hidden_layers"]
     gen = json.loads((toy_world.base_dir / "generation_config.json").read_text())
     assert gen["eos_token_id"] == 2
-    for d in toy_world.expert_dirs.values():
+    for d in (*toy_world.expert_dirs.values(), *toy_world.generalist_dirs.values()):
         ad = json.loads((d / "adapter_config.json").read_text())
         assert ad["peft_type"] == "LORA" and ad["r"] <= 16
         assert {"q_proj", "k_proj", "v_proj", "o_proj"} <= set(ad["target_modules"])
@@ -80,6 +82,17 @@ def test_specialisation(toy_world: ToyWorld) -> None:
     assert 0.0 < _skills_mean(acc["base"]) < 0.7, "the base should be weak but not useless"
     assert _skills_mean(acc["big"]) > _skills_mean(acc["base"]) + 0.1
     assert all(_skills_mean(acc["big"]) > _skills_mean(acc[n]) for n in EXPERTS), "big: best single expert on skills"
+
+
+def test_generalists_lean_to_different_skills(toy_world: ToyWorld) -> None:
+    """Each LoRA generalist is the best of the three at the skill it leans to, and none is good at everything: their errors
+    differ, which is what a token-level blend of them needs (issue 7)."""
+    acc = toy_world.accuracy
+    for name, skill in zip(GENERALISTS, ("add", "rev", "sort"), strict=True):
+        others = [g for g in GENERALISTS if g != name]
+        assert all(acc[name][skill] > acc[g][skill] for g in others), (name, skill, {g: acc[g] for g in GENERALISTS})
+    for name in GENERALISTS:
+        assert _skills_mean(acc["base"]) + 0.1 < _skills_mean(acc[name]) < 0.8, (name, acc[name])
 
 
 INDEPENDENT_FLOOR = {"add": 0.9, "rev": 0.7, "sort": 0.7, "count": 0.6}
