@@ -5,8 +5,9 @@ engine, no vLLM needed):
 - ``toy-swarm``: Model Swarms (``offline_search.model_swarms``) over the four LoRA specialists;
 - ``toy-dag``: Heterogeneous Swarms (``offline_search.hetero_swarms``) for the composed task ``addrev``;
 - ``toy-router``: trajectory collection + PPO (``router.workflow``), a ``kind: chain`` over every toy expert;
-then writes ``spec.yaml`` serving the toy world's experts plus those three (and ``toy-blend`` when the toy world
-has the generalists ``toy-gen-a/b/c`` and the spec loader knows ``kind: blend``). Everything is cached under
+- ``toy-blend``: blend-weight search (``offline_search.blend_search``), a ``kind: blend`` of the three LoRA
+  generalists ``toy-gen-a/b/c`` with the weights dev chose;
+then writes ``spec.yaml`` serving the toy world's experts plus those four. Everything is cached under
 ``<toy world>/ensembles/<hash>``, the hash covering the small configs below and the toy world's own hash, so a second
 call returns at once. Small budgets mean these are demonstrations that the pipeline works end to end, not the best
 the searches can do: ``swarmgate search ...`` and ``swarmgate router ...`` with the default configs go further.
@@ -52,32 +53,14 @@ ROUTER = {
     "collect": {"engine": "transformers"},
 }
 """Overrides of ``router/toy.yaml`` (small budget: 2 steps, 8 training questions per task)."""
-VERSION = 2
+BLEND = {
+    "swarm_size": 6,
+    "pso": {"max_iterations": 3, "patience": 2},
+    "data": {"dev_limit": 25, "test_limit": 25},
+}
+"""Overrides of ``offline_search/configs/toy_blend.yaml`` (small budget: 100 dev questions choose the weights)."""
+VERSION = 3
 """Bumped when what ``build_ensembles`` writes changes (part of the cache hash with the configs)."""
-BLEND_EXPERTS = ("toy-gen-a", "toy-gen-b", "toy-gen-c")
-"""Generalists a ``toy-blend`` ensemble mixes, when the toy world has them."""
-
-EnsembleHook = Callable[[dict[str, Any]], dict[str, dict[str, Any]]]
-"""Given the toy world's spec (as data), extra ensembles to serve (name -> entry)."""
-
-
-def blend_hook(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """``toy-blend`` (``kind: blend``) over the generalists, when the toy world has all three."""
-    experts = spec.get("experts") or {}
-    if not all(e in experts for e in BLEND_EXPERTS):
-        return {}
-    return {
-        "toy-blend": {
-            "kind": "blend",
-            "experts": list(BLEND_EXPERTS),
-            "weights": [0.4, 0.3, 0.3],
-            "lead": BLEND_EXPERTS[0],
-            "description": "token-level blend of the three toy generalists",
-        }
-    }
-
-
-HOOKS: tuple[EnsembleHook, ...] = (blend_hook,)
 """Extra ensembles added to the served spec (each dropped, with a warning, if the spec loader refuses it)."""
 
 
@@ -92,12 +75,12 @@ def ensembles_hash(world_root: Path) -> str:
     """Hash of the small configs, the default configs they override, ``VERSION`` and the toy world's build hash."""
     repo = Path(__file__).resolve().parents[1]  # the config files themselves: no heavy imports to hash them
     configs = repo / "offline_search" / "configs"
-    defaults = [yaml.safe_load(p.read_text()) for p in (configs / "toy_swarm.yaml", configs / "toy_graph.yaml")]
+    defaults = [yaml.safe_load((configs / f"toy_{k}.yaml").read_text()) for k in ("swarm", "graph", "blend")]
     router = yaml.safe_load((repo / "router" / "toy.yaml").read_text())
     for key in ("baselines", "retrain", "eval_dir"):  # what eval/retrain read does not change what is built
         router.pop(key, None)
     h = hashlib.sha256()
-    h.update(json.dumps([VERSION, SWARM, GRAPH, ROUTER, defaults, router], sort_keys=True).encode())
+    h.update(json.dumps([VERSION, SWARM, GRAPH, BLEND, ROUTER, defaults, router], sort_keys=True).encode())
     h.update(world_root.name.encode())  # the toy world's content hash
     return h.hexdigest()[:16]
 
@@ -129,11 +112,16 @@ def _search(kind: str, overrides: dict[str, Any], out: Path) -> tuple[dict[str, 
 
         cfg = load_swarm_config(path)
         result = asyncio.run(run_swarm_search(prepare(cfg, path), progress=False))
-    else:
+    elif kind == "graph":
         from offline_search.hetero_swarms import run_graph_search
 
         cfg = load_graph_config(path)
         result = asyncio.run(run_graph_search(prepare(cfg, path), progress=False))
+    else:
+        from offline_search.blend_search import load_blend_config, run_blend_search
+
+        cfg = load_blend_config(path)
+        result = asyncio.run(run_blend_search(prepare(cfg, path), progress=False))
     snippet = yaml.safe_load(result.spec_snippet.read_text())
     for group in ("experts", "ensembles"):  # searched on transformers; served like the toy experts (auto)
         for entry in (snippet.get(group) or {}).values():
@@ -188,23 +176,13 @@ def _router(out: Path, say: Callable[[str], None]) -> dict[str, Any]:
     }
 
 
-def _validated(spec: dict[str, Any], path: Path, optional: set[str]) -> dict[str, Any]:
-    """Write ``spec`` and load it; drop optional ensembles the loader refuses (e.g. a kind it does not know yet)."""
-    from gateway.spec import SpecError, load_spec
+def _validated(spec: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Write ``spec`` and load it: a spec the loader refuses is an error here, never a half-served toy world."""
+    from gateway.spec import load_spec
 
-    while True:
-        path.write_text(yaml.safe_dump(spec, sort_keys=False))
-        try:
-            load_spec(path)
-            return spec
-        except SpecError as exc:
-            bad = [n for n in optional if n in (spec.get("ensembles") or {}) and n in str(exc)]
-            if not bad:
-                raise
-            for n in bad:
-                log.warning("not serving %s: %s", n, exc)
-                spec["ensembles"].pop(n)
-                optional.discard(n)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    load_spec(path)
+    return spec
 
 
 def build_ensembles(world: Any = None, *, force: bool = False, say: Callable[[str], None] = print) -> Path:
@@ -239,11 +217,16 @@ def build_ensembles(world: Any = None, *, force: bool = False, say: Callable[[st
         t = time.perf_counter()
         ensembles["toy-router"] = _router(tmp, say=lambda m: log.info("%s", m))
         times["router"] = time.perf_counter() - t
-        optional: set[str] = set()
-        for hook in HOOKS:
-            extra = hook(spec)
-            optional.update(extra)
-            ensembles.update(extra)
+        say("toy ensembles: blend-weight search (toy-blend) ...")
+        t = time.perf_counter()
+        snippet, summary = _search("blend", BLEND, tmp)
+        for name, entry in (snippet.get("ensembles") or {}).items():
+            entry["description"] = (
+                f"token-level blend of the three toy generalists, weights chosen on dev "
+                f"({summary['searched']['dev']:.3f}; best member {summary['experts'][summary['best_member_on_dev']]['dev']:.3f})"
+            )
+            ensembles[name] = entry
+        times["blend"] = time.perf_counter() - t
         spec["ensembles"] = {**(spec.get("ensembles") or {}), **ensembles}
         # the searches wrote absolute paths under tmp: point them at the final directory
         text = yaml.safe_dump(spec, sort_keys=False).replace(str(tmp.resolve()), str(root.resolve()))
@@ -255,7 +238,7 @@ def build_ensembles(world: Any = None, *, force: bool = False, say: Callable[[st
         if root.exists():
             shutil.rmtree(root)
         os.rename(tmp, root)
-        spec = _validated(spec, spec_path, optional)
+        spec = _validated(spec, spec_path)
         (root / "done.json").write_text(
             json.dumps({"seconds": round(time.perf_counter() - t0, 1), "steps": times, "ensembles": list(ensembles)})
             + "\n"

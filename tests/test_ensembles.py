@@ -11,17 +11,14 @@ from gateway.spec import load_spec
 from swarmgate import ensembles as ens
 
 
-def test_blend_hook_only_when_the_generalists_exist() -> None:
-    assert ens.blend_hook({"experts": {"toy-adder": {}}}) == {}
-    got = ens.blend_hook({"experts": {n: {} for n in ens.BLEND_EXPERTS}})
-    assert got["toy-blend"]["kind"] == "blend" and got["toy-blend"]["experts"] == list(ens.BLEND_EXPERTS)
-
-
 def test_hash_follows_the_configs_and_the_toy_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     a = ens.ensembles_hash(Path("/x/toy/aaaa"))
     assert a == ens.ensembles_hash(Path("/y/toy/aaaa")) != ens.ensembles_hash(Path("/x/toy/bbbb"))
     monkeypatch.setattr(ens, "ROUTER", {**ens.ROUTER, "env": {"max_steps": 3}})
-    assert ens.ensembles_hash(Path("/x/toy/aaaa")) != a
+    b = ens.ensembles_hash(Path("/x/toy/aaaa"))
+    assert b != a
+    monkeypatch.setattr(ens, "BLEND", {**ens.BLEND, "swarm_size": 4})
+    assert ens.ensembles_hash(Path("/x/toy/aaaa")) not in (a, b)
 
 
 def _spec(toy_world, extra: dict) -> dict:
@@ -30,14 +27,13 @@ def _spec(toy_world, extra: dict) -> dict:
     return spec
 
 
-def test_validation_drops_an_optional_ensemble_the_loader_refuses(toy_world, tmp_path: Path) -> None:
-    spec = _spec(toy_world, {"toy-blend": {"kind": "blend", "experts": ["toy-gen-a"], "weights": [1.0]}})
-    out = ens._validated(spec, tmp_path / "spec.yaml", {"toy-blend"})
-    assert "toy-blend" not in (out.get("ensembles") or {})
-    load_spec(tmp_path / "spec.yaml")
+def test_a_spec_the_loader_refuses_is_an_error_not_a_smaller_toy_world(toy_world, tmp_path: Path) -> None:
+    good = _spec(toy_world, {"toy-b": {"kind": "blend", "experts": ["toy-gen-a", "toy-gen-b"], "weights": [0.5, 0.5]}})
+    assert ens._validated(good, tmp_path / "spec.yaml") == good
+    assert "toy-b" in load_spec(tmp_path / "spec.yaml").ensembles
     bad = _spec(toy_world, {"toy-x": {"kind": "dag", "topology": str(tmp_path / "missing.json")}})
     with pytest.raises(Exception, match="toy-x"):
-        ens._validated(bad, tmp_path / "spec2.yaml", set())  # a required ensemble is never dropped
+        ens._validated(bad, tmp_path / "spec2.yaml")
 
 
 def test_dev_selects_a_hand_wired_chain_over_a_weaker_searched_dag(toy_world, tmp_path: Path) -> None:
@@ -66,8 +62,8 @@ def test_built_ensembles_are_served_and_answer_a_composed_question(toy_world) ->
     with running_gateway(spec) as url:
         client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
         ids = {m.id for m in client.models.list().data}
-        assert {"toy-swarm", "toy-dag", "toy-router"} <= ids
-        for model in ("toy-swarm", "toy-dag", "toy-router"):
+        assert {"toy-swarm", "toy-dag", "toy-router", "toy-blend"} <= ids
+        for model in ("toy-swarm", "toy-dag", "toy-router", "toy-blend"):
             r = client.chat.completions.create(
                 model=model, messages=[{"role": "user", "content": "addrev 12 34"}], temperature=0, max_tokens=16
             )
