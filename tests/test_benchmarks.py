@@ -69,7 +69,9 @@ def test_streaming(toy_world, tmp_path: Path) -> None:
 
 
 def test_blend(toy_world, tmp_path: Path) -> None:
+    # two engines (the default members, the three generalists, share one base engine: nothing to count across engines)
     args = ["--engine", "transformers", "--prompts", "2", "--max-tokens", "4", "--rounds", "1"]
+    args += ["--members", "toy-big", "toy-adder", "toy-reverser"]
     res, stdout = bench("blend.py", tmp_path / "b.json", *args)
     configs = {row["config"]: row for row in res["table"]}
     assert set(configs) == {
