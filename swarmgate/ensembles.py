@@ -61,7 +61,6 @@ BLEND = {
 """Overrides of ``offline_search/configs/toy_blend.yaml`` (small budget: 100 dev questions choose the weights)."""
 VERSION = 3
 """Bumped when what ``build_ensembles`` writes changes (part of the cache hash with the configs)."""
-"""Extra ensembles added to the served spec (each dropped, with a warning, if the spec loader refuses it)."""
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
