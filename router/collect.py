@@ -210,11 +210,11 @@ async def walk_policy(
     q_vecs = {q: policy.encoder.encode([q])[0] for q in questions}
     generated = 0
     for lam in cost_weights:
-        state = {q: ("", 0.0) for q in questions}
+        state: dict[str, tuple[str, float, tuple[str, ...]]] = {q: ("", 0.0, ()) for q in questions}
         for step in range(max_steps):
             wanted: dict[str, str] = {}
-            for q, (answer, spent) in state.items():
-                d = policy.decide(q_vecs[q], answer, step, spent, lam)
+            for q, (answer, spent, route) in state.items():
+                d = policy.decide(q_vecs[q], answer, step, spent, lam, route=route)
                 if d.name != "stop":
                     wanted[q] = d.name
             if not wanted:
@@ -232,5 +232,8 @@ async def walk_policy(
                 desc=f"router lambda={lam:g} step {step + 1}",
                 progress=progress,
             )
-            state = {q: (table[(e, q, state[q][0])].strip(), state[q][1] + costs[e]) for q, e in wanted.items()}
+            state = {
+                q: (table[(e, q, state[q][0])].strip(), state[q][1] + costs[e], (*state[q][2], e))
+                for q, e in wanted.items()
+            }
     return generated

@@ -74,6 +74,10 @@ class EnvConfig:
     between the smallest and largest (a single value trains a fixed-lambda policy)."""
     reward: RewardConfig = field(default_factory=RewardConfig)
     """Reward terms."""
+    route_in_state: bool = True
+    """Add the route so far to the state (how many times each expert was called, over ``max_steps``). The answer
+    alone does not say what was done to it (``rev abc`` answered ``cba`` looks the same before and after the
+    reverser), so without it the state is not Markov; ``false`` gives DER's plain (question, answer) state."""
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The DER routing MDP as a gymnasium environment.
 
 State: a question, the current answer (empty before the first call), the step index and the cost spent; plus the
-episode's cost weight lambda, so one policy serves a range of lambdas. Actions: one per expert, then stop. Calling
+episode's cost weight lambda, so one policy serves a range of lambdas, and (``EnvConfig.route_in_state``) how many
+times each expert was called so far. Actions: one per expert, then stop. Calling
 expert e gives a new answer: ``answer_fn(e, question, previous)``, an expert answering through a Knowledge Transfer
 Prompt that carries the previous answer (in training, a lookup in the trajectory cache; in tests, any function).
 
@@ -35,6 +36,7 @@ def make_layout(cfg: EnvConfig, costs: Sequence[float]) -> ObservationLayout:
         max_steps=cfg.max_steps,
         cost_scale=float(cfg.max_steps * max(max(costs), 1e-9)),
         cost_weight_scale=float(max(max(cfg.cost_weights), 1e-9)),
+        n_experts=len(costs) if cfg.route_in_state else 0,
     )
 
 
@@ -100,7 +102,8 @@ class ChainRoutingEnv(gym.Env[np.ndarray, np.int64]):
         if q is None:
             q = self.encoder.encode([self._example.question])[0]
             self._q_vec[self._example.question] = q
-        obs = self.layout.build(self.encoder, q, self._answer, self._step, self._spent, self._lambda)
+        calls = [self._route.count(e) for e in self.experts] if self.layout.n_experts else []
+        obs = self.layout.build(self.encoder, q, self._answer, self._step, self._spent, self._lambda, calls)
         return np.clip(obs, -1.0, 1.0)
 
     def _info(self) -> dict[str, Any]:

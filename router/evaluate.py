@@ -89,7 +89,7 @@ def run_policy(
     q_vec = policy.encoder.encode([example.question])[0]
     raw, answer, spent, route = "", "", 0.0, []
     for step in range(limit):
-        d = policy.decide(q_vec, answer, step, spent, cost_weight)
+        d = policy.decide(q_vec, answer, step, spent, cost_weight, route=route)
         if d.name == STOP:
             break
         raw = answer_fn(d.name, example.question, answer)

@@ -55,7 +55,8 @@ class PolicyError(ValueError):
 
 @dataclass(frozen=True)
 class ObservationLayout:
-    """How a routing state becomes the policy's input: [enc(question), enc(answer), step, spent, cost_weight]."""
+    """How a routing state becomes the policy's input: [enc(question), enc(answer), step, spent, cost_weight] and,
+    when ``n_experts`` > 0, the route so far: calls of each expert (in action order) over ``max_steps``."""
 
     max_steps: int
     """Step index is divided by this (the trained step limit)."""
@@ -63,33 +64,47 @@ class ObservationLayout:
     """Cost spent is divided by this (max_steps * the largest expert cost)."""
     cost_weight_scale: float
     """lambda is divided by this (the largest trained lambda), so the feature lies in [0, 1]."""
+    n_experts: int = 0
+    """Route features, one per expert; 0 for none (DER's plain state; policies written before they existed)."""
 
-    def extra_features(self, step: int, spent: float, cost_weight: float) -> np.ndarray:
+    def extra_features(self, step: int, spent: float, cost_weight: float, calls: Sequence[int] = ()) -> np.ndarray:
+        route = [min(c / self.max_steps, 1.0) for c in calls] if self.n_experts else []
+        if len(route) != self.n_experts:
+            raise ValueError(f"give the calls of each of the {self.n_experts} experts, got {len(route)}")
         return np.array(
             [
                 min(step / self.max_steps, 1.0),
                 min(spent / self.cost_scale, 1.0) if self.cost_scale > 0 else 0.0,
                 min(cost_weight / self.cost_weight_scale, 1.0) if self.cost_weight_scale > 0 else 0.0,
+                *route,
             ],
             dtype=np.float32,
         )
 
     def build(
-        self, encoder: Encoder, question: str | np.ndarray, answer: str, step: int, spent: float, cost_weight: float
+        self,
+        encoder: Encoder,
+        question: str | np.ndarray,
+        answer: str,
+        step: int,
+        spent: float,
+        cost_weight: float,
+        calls: Sequence[int] = (),
     ) -> np.ndarray:
         q = encoder.encode([question])[0] if isinstance(question, str) else question
         a = encoder.encode([answer])[0] if answer else np.zeros(encoder.dim, dtype=np.float32)  # no answer yet: zeros
-        return np.concatenate([q, a, self.extra_features(step, spent, cost_weight)]).astype(np.float32)
+        return np.concatenate([q, a, self.extra_features(step, spent, cost_weight, calls)]).astype(np.float32)
 
     def size(self, encoder_dim: int) -> int:
-        return 2 * encoder_dim + 3
+        return 2 * encoder_dim + 3 + self.n_experts
 
     def describe(self) -> dict[str, Any]:
         return {
-            "layout": ["question", "answer", "step", "spent", "cost_weight"],
+            "layout": ["question", "answer", "step", "spent", "cost_weight"] + (["calls"] if self.n_experts else []),
             "max_steps": self.max_steps,
             "cost_scale": self.cost_scale,
             "cost_weight_scale": self.cost_weight_scale,
+            "route_experts": self.n_experts,
         }
 
 
@@ -155,12 +170,14 @@ class RouterPolicy:
         spent: float,
         cost_weight: float | None = None,
         *,
+        route: Sequence[str] = (),
         allow_stop: bool | None = None,
     ) -> Decision:
-        """The greedy action in a state. Stop is never chosen before the first call (there is no answer yet)."""
+        """The greedy action in a state (``route``: the experts called so far, in order). Stop is never chosen
+        before the first call (there is no answer yet)."""
         t0 = time.perf_counter()
         lam = self.default_cost_weight if cost_weight is None else cost_weight
-        obs = self.layout.build(self.encoder, question, answer, step, spent, lam)
+        obs = self.layout.build(self.encoder, question, answer, step, spent, lam, self.calls(route))
         logits = self.logits(obs)
         if allow_stop is None:
             allow_stop = step > 0
@@ -169,6 +186,12 @@ class RouterPolicy:
             logits[-1] = -np.inf
         action = int(np.argmax(logits))
         return Decision(action=action, name=self.actions[action], ms=(time.perf_counter() - t0) * 1e3)
+
+    def calls(self, route: Sequence[str]) -> list[int]:
+        """How many times each expert was called on ``route`` (empty when the policy has no route features)."""
+        if not self.layout.n_experts:
+            return []
+        return [sum(1 for e in route if e == name) for name in self.experts]
 
     def check_experts(self, experts: Sequence[str], costs: Sequence[float] | None = None) -> None:
         """Refuse (PolicyError) when the serving experts or their costs differ from the ones trained on."""
@@ -383,6 +406,7 @@ def load_policy(path: str | Path, *, encoders: dict[str, Encoder] | None = None)
             max_steps=int(obs["max_steps"]),
             cost_scale=float(obs["cost_scale"]),
             cost_weight_scale=float(obs["cost_weight_scale"]),
+            n_experts=int(obs.get("route_experts", 0)),
         )
         trained = [float(x) for x in cw["trained"]]
         default_cw = float(cw["default"])
@@ -398,6 +422,8 @@ def load_policy(path: str | Path, *, encoders: dict[str, Encoder] | None = None)
         raise PolicyError(f"{meta_path}: 'actions' must be the experts then 'stop', got {actions}")
     if activation not in ACTIVATIONS:
         raise PolicyError(f"{meta_path}: unknown activation {activation!r}")
+    if layout.n_experts not in (0, len(experts)):
+        raise PolicyError(f"{meta_path}: observation.route_experts must be 0 or the number of experts")
     if layout.max_steps < 1 or not trained:
         raise PolicyError(f"{meta_path}: bad observation.max_steps or cost_weight.trained")
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any, TypeVar
 
 from gateway.engines.base import Chunk, Prompt, SamplingParams
@@ -160,7 +161,7 @@ class ChainExecutor(Executor):
         # a model encoder takes milliseconds: keep it off the event loop (the hashed one takes microseconds)
         run = asyncio.to_thread if policy.encoder.slow else _inline
         q_vec = (await run(policy.encoder.encode, [question]))[0]
-        answer, spent = "", 0.0
+        answer, spent, route = "", 0.0, []
         decision = await run(policy.decide, q_vec, answer, 0, spent, cost_weight)  # never "stop" before a call
         for step in range(max_steps):
             extra = {"action": decision.name, "decision_ms": round(decision.ms, 4), "policy_version": policy.version}
@@ -175,7 +176,10 @@ class ChainExecutor(Executor):
                 return
             done, info = await expert.run_step(node, prompt, request.params, request_id=request.request_id)
             answer, spent = done.text.strip(), spent + expert.cost
-            decision = await run(policy.decide, q_vec, answer, step + 1, spent, cost_weight)
+            route.append(decision.name)
+            decision = await run(
+                partial(policy.decide, route=tuple(route)), q_vec, answer, step + 1, spent, cost_weight
+            )
             if decision.name == "stop":  # the answer that just came back is final: send it
                 info.output = None  # the final answer is the response itself, not a route output
                 info.extra.update(extra, stop_decision_ms=round(decision.ms, 4))

@@ -96,7 +96,7 @@ def test_a_worsening_step_is_punished_by_the_improvement_term() -> None:
 
 
 def test_observation_carries_step_cost_and_cost_weight() -> None:
-    env = make_env(EnvConfig(max_steps=4, cost_weights=(0.2, 0.8)), dim=16)
+    env = make_env(EnvConfig(max_steps=4, cost_weights=(0.2, 0.8), route_in_state=False), dim=16)
     obs, _ = env.reset(seed=0, options={"index": 0, "cost_weight": 0.2})
     assert obs.shape == (2 * 16 + 3,) and obs.dtype == np.float32
     assert obs[-3:].tolist() == pytest.approx([0.0, 0.0, 0.25])
@@ -104,6 +104,22 @@ def test_observation_carries_step_cost_and_cost_weight() -> None:
     obs, *_ = env.step(BIG)
     assert obs[-3:].tolist() == pytest.approx([0.25, 4.0 / 16.0, 0.25])
     assert obs[16:32].any()
+
+
+def test_observation_carries_the_route_so_far() -> None:
+    """With route_in_state (the default) the state says which experts were called: reversing twice is told apart
+    from reversing once although both answers can read alike."""
+    env = make_env(EnvConfig(max_steps=4, cost_weights=(0.2,)), dim=16)
+    obs, _ = env.reset(seed=0, options={"index": 0})
+    n = len(EXPERTS)
+    assert obs.shape == (2 * 16 + 3 + n,)
+    assert not obs[-n:].any()
+    env.step(REVERSER)
+    obs, *_ = env.step(REVERSER)
+    calls = [0.0] * n
+    calls[REVERSER] = 2 / 4
+    assert obs[-n:].tolist() == pytest.approx(calls)
+    assert obs[2 * 16 : 2 * 16 + 3].tolist() == pytest.approx([0.5, 2.0 / 16.0, 1.0])
 
 
 def test_seeded_resets_are_reproducible() -> None:

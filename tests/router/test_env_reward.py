@@ -211,7 +211,7 @@ def test_costs_below_one_are_scaled_by_the_largest_cost() -> None:
     env = ChainRoutingEnv(EXAMPLES, EXPERTS, costs, scripted_answer, QualityScorer(), CountingEncoder(), EnvConfig(4))
     env.reset(options={"index": 0, "cost_weight": 0.1})
     obs, *_ = act(env, "0.0")
-    assert obs[-2] == pytest.approx(0.25 / (4 * 0.5))  # spent / (max_steps · max cost)
+    assert obs[-2 - len(EXPERTS)] == pytest.approx(0.25 / (4 * 0.5))  # spent / (max_steps · max cost)
 
 
 def test_observations_stay_in_the_box_whatever_the_encoder_and_cost_weight() -> None:
@@ -219,7 +219,9 @@ def test_observations_stay_in_the_box_whatever_the_encoder_and_cost_weight() -> 
         EXAMPLES, EXPERTS, COSTS, scripted_answer, QualityScorer(), CountingEncoder(scale=50.0), EnvConfig()
     )
     obs, _ = env.reset(options={"index": 0, "cost_weight": -3.0})
-    assert obs.min() == -1.0 and obs.max() == 1.0 and obs[-1] == -1.0
+    assert (
+        obs.min() == -1.0 and obs.max() == 1.0 and obs[-1 - len(EXPERTS)] == -1.0
+    )  # lambda, before the route features
     obs, *_ = act(env, "0.3")
     assert env.observation_space.contains(obs)
 

@@ -194,7 +194,8 @@ def test_policy_decisions_match_the_env_rollout(trained) -> None:
     """The served decision loop sees what the env showed PPO, and decides what the SB3 model decides.
 
     The expected observation is built by hand from the documented layout ([enc(question), enc(answer) or zeros,
-    step / max_steps, spent / (max_steps * max cost), lambda / max trained lambda]), not with the code both share;
+    step / max_steps, spent / (max_steps * max cost), lambda / max trained lambda, calls of each expert / max_steps]),
+    not with the code both share;
     the served decision is checked against the SB3 model's own greedy action on the env's observation."""
     from router.env import ChainRoutingEnv
 
@@ -205,17 +206,18 @@ def test_policy_decisions_match_the_env_rollout(trained) -> None:
     enc, steps, lam = policy.encoder, cfg.env.max_steps, 0.5
     for i in range(len(examples)):
         obs, info = env.reset(options={"index": i, "cost_weight": lam})
-        answer, step, spent = "", 0, 0.0
+        answer, step, spent, route = "", 0, 0.0, []
         while True:
             q = enc.encode([examples[i].question])[0]
             a = enc.encode([answer])[0] if answer else np.zeros(enc.dim, dtype=np.float32)
             extra = [min(step / steps, 1.0), min(spent / (steps * max(COSTS)), 1.0), lam / max(cfg.env.cost_weights)]
+            extra += [route.count(e) / steps for e in EXPERTS]  # the route so far (EnvConfig.route_in_state)
             np.testing.assert_allclose(obs, np.concatenate([q, a, np.array(extra, dtype=np.float32)]), atol=1e-6)
-            d = policy.decide(examples[i].question, answer, step, spent, lam)
+            d = policy.decide(examples[i].question, answer, step, spent, lam, route=route)
             sb3, _ = model.predict(obs, deterministic=True)
             if step > 0 or int(sb3) != len(policy.actions) - 1:  # before the first call, stop is masked
                 assert d.action == int(sb3), (step, d, sb3)
             obs, _, term, _, info = env.step(d.action)
             if term:
                 break
-            answer, step, spent = info["answer"], info["calls"], info["cost"]
+            answer, step, spent, route = info["answer"], info["calls"], info["cost"], info["route"]
