@@ -46,13 +46,14 @@ GRAPH = {
 }
 """Overrides of ``offline_search/configs/toy_graph.yaml`` (small budget; no weight-step)."""
 ROUTER = {
-    "data": {"limit_per_task": 8, "eval_limit_per_task": 8},
-    "env": {"max_steps": 2},
-    "train": {"total_timesteps": 20000, "n_envs": 4, "progress_bar": False},
+    "data": {"limit_per_task": 40, "eval_limit_per_task": 8},
+    "train": {"total_timesteps": 60000, "n_envs": 4, "progress_bar": False},
     "ppo": {"n_steps": 256, "batch_size": 256},
     "collect": {"engine": "transformers"},
 }
-"""Overrides of ``router/toy.yaml`` (small budget: 2 steps, 8 training questions per task)."""
+"""Overrides of ``router/toy.yaml`` (small budget: 40 training questions per task, 60k PPO steps; on dev this
+scored 0.893 against the full config's 0.906 and the keyword rule's 0.913; with 8 questions per task it learned to
+answer ``addrev`` with the reverser alone)."""
 BLEND = {
     "swarm_size": 6,
     "pso": {"max_iterations": 3, "patience": 2},
