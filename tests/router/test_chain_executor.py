@@ -181,3 +181,38 @@ def test_executor_reports_its_experts_and_context(tmp_path: Path) -> None:
     assert [e.name for e in ex.experts()] == EXPERTS and ex.kind == "chain"
     assert ex.max_model_len() == 512
     assert ex.count_prompt_tokens([{"role": "user", "content": "abc"}]) == 3
+
+
+async def test_the_gateway_passes_the_route_so_far_to_the_policy(tmp_path: Path) -> None:
+    """A hand-set policy that decides on the route features alone (calls per expert): adder, then reverser, then stop.
+    Given no route, it would call the adder at every step."""
+    import numpy as np
+
+    from router.encoders import HashedNgramEncoder
+    from router.policy import ObservationLayout, write_policy_files
+    from tests.router.conftest import DIM
+    from tests.router.fakeworld import TOY_KTP
+
+    steps_limit, n = 3, len(EXPERTS)
+    layout = ObservationLayout(max_steps=steps_limit, cost_scale=12.0, cost_weight_scale=1.0, n_experts=n)
+    w = np.zeros((n + 1, layout.size(DIM)), dtype=np.float32)
+    b = np.full(n + 1, -10.0, dtype=np.float32)
+    route0 = 2 * DIM + 3  # the route features follow [question, answer, step, spent, cost_weight]
+    adder, reverser, stop = EXPERTS.index("adder"), EXPERTS.index("reverser"), n
+    b[adder], w[adder, route0 + adder] = 2.0, -30.0  # once called (feature 1/3), its logit falls to -8
+    b[reverser], w[reverser, route0 + reverser] = 1.0, -30.0
+    b[stop] = 0.0
+    write_policy_files(
+        tmp_path / "p",
+        experts=EXPERTS,
+        costs=COSTS,
+        layers=[(w, b)],
+        activation="tanh",
+        encoder=HashedNgramEncoder(dim=DIM).describe(),
+        layout=layout,
+        ktp_template=TOY_KTP,
+        cost_weights=[0.0, 1.0],
+    )
+    ex, _, _ = chain(tmp_path / "p", max_steps=3)
+    text, steps, _ = await run(ex, "addrev 12 34")
+    assert [s.expert for s in steps] == ["adder", "reverser"] and text == "64"
