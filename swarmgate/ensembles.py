@@ -51,9 +51,9 @@ ROUTER = {
     "ppo": {"n_steps": 256, "batch_size": 256},
     "collect": {"engine": "transformers"},
 }
-"""Overrides of ``router/toy.yaml`` (small budget: 40 training questions per task, 60k PPO steps; on dev this
-scored 0.893 against the full config's 0.906 and the keyword rule's 0.913; with 8 questions per task it learned to
-answer ``addrev`` with the reverser alone)."""
+"""Overrides of ``router/toy.yaml`` (small budget: 40 training questions per task, 60k PPO steps; the built router
+scored 0.887 on 300 dev questions at its default lambda, against the keyword rule's 0.913; with 8 questions per task
+it learned to answer ``addrev`` with the reverser alone)."""
 BLEND = {
     "swarm_size": 6,
     "pso": {"max_iterations": 3, "patience": 2},
