@@ -34,6 +34,32 @@ def small_config(tmp: Path, **overrides: object) -> RouterConfig:
     return RouterConfig(**base)  # type: ignore[arg-type]
 
 
+def write_linear_policy(
+    d: Path,
+    w: np.ndarray,
+    b: np.ndarray,
+    layout: ObservationLayout,
+    *,
+    experts: Sequence[str] = EXPERTS,
+    costs: Sequence[float] = COSTS,
+    scripted: str = "",
+) -> Path:
+    """Write a one-layer (hand-set) policy over the ``DIM``-bucket hashed encoder into ``d``."""
+    return write_policy_files(
+        d,
+        experts=experts,
+        costs=costs,
+        layers=[(w, b)],
+        activation="tanh",
+        encoder=HashedNgramEncoder(dim=DIM).describe(),
+        layout=layout,
+        ktp_template=TOY_KTP,
+        cost_weights=[0.0, 1.0],
+        default_cost_weight=0.0,
+        training={"scripted": scripted},
+    )
+
+
 def scripted_policy(
     root: Path,
     first: str,
@@ -61,19 +87,7 @@ def scripted_policy(
     layout = ObservationLayout(max_steps=max_steps, cost_scale=max_steps * max(costs), cost_weight_scale=1.0)
 
     def write(d: Path) -> None:
-        write_policy_files(
-            d,
-            experts=experts,
-            costs=costs,
-            layers=[(w, b)],
-            activation="tanh",
-            encoder=HashedNgramEncoder(dim=DIM).describe(),
-            layout=layout,
-            ktp_template=TOY_KTP,
-            cost_weights=[0.0, 1.0],
-            default_cost_weight=0.0,
-            training={"scripted": f"{first} > {second} > stop"},
-        )
+        write_linear_policy(d, w, b, layout, experts=experts, costs=costs, scripted=f"{first} > {second} > stop")
 
     if publish:
         return publish_policy(root, write)

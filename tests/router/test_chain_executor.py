@@ -188,10 +188,8 @@ async def test_the_gateway_passes_the_route_so_far_to_the_policy(tmp_path: Path)
     Given no route, it would call the adder at every step."""
     import numpy as np
 
-    from router.encoders import HashedNgramEncoder
-    from router.policy import ObservationLayout, write_policy_files
-    from tests.router.conftest import DIM
-    from tests.router.fakeworld import TOY_KTP
+    from router.policy import ObservationLayout
+    from tests.router.conftest import DIM, write_linear_policy
 
     steps_limit, n = 3, len(EXPERTS)
     layout = ObservationLayout(max_steps=steps_limit, cost_scale=12.0, cost_weight_scale=1.0, n_experts=n)
@@ -202,17 +200,7 @@ async def test_the_gateway_passes_the_route_so_far_to_the_policy(tmp_path: Path)
     b[adder], w[adder, route0 + adder] = 2.0, -30.0  # once called (feature 1/3), its logit falls to -8
     b[reverser], w[reverser, route0 + reverser] = 1.0, -30.0
     b[stop] = 0.0
-    write_policy_files(
-        tmp_path / "p",
-        experts=EXPERTS,
-        costs=COSTS,
-        layers=[(w, b)],
-        activation="tanh",
-        encoder=HashedNgramEncoder(dim=DIM).describe(),
-        layout=layout,
-        ktp_template=TOY_KTP,
-        cost_weights=[0.0, 1.0],
-    )
+    write_linear_policy(tmp_path / "p", w, b, layout, scripted="adder > reverser > stop, on route features")
     ex, _, _ = chain(tmp_path / "p", max_steps=3)
     text, steps, _ = await run(ex, "addrev 12 34")
     assert [s.expert for s in steps] == ["adder", "reverser"] and text == "64"
