@@ -35,7 +35,7 @@ from typing import Any
 
 from toyworld.format import render
 from toyworld.model import EXPERT_NAMES, ToyConfig
-from toyworld.tasks import COMPOSED, SKILLS, TASKS, Example, score_exact
+from toyworld.tasks import COMPOSED, SKILLS, TASKS, Example, payload, score_exact
 
 SPLITS = ("train", "dev", "test")
 EXPERTS = tuple(EXPERT_NAMES.values())
@@ -143,36 +143,37 @@ def _write_jsonl(path: Path, examples: list[Example]) -> None:
 
 
 def make_datasets(config: ToyConfig) -> dict[str, dict[str, list[Example]]]:
-    """Task -> split -> examples: test then dev (unique questions), then a training pool that avoids both."""
-    out: dict[str, dict[str, list[Example]]] = {}
-    for name, task in TASKS.items():
-        rng = random.Random(f"toyworld:{config.seed}:{name}")
-        held: set[str] = set()
-        splits: dict[str, list[Example]] = {}
-        for split, size in (("test", config.test_size), ("dev", config.dev_size)):
+    """Task -> split -> examples. First every task's test then dev (unique payloads across all tasks), then the
+    training pools, which avoid every held-out *payload* (``toyworld.tasks.payload``: the operand pair or the string),
+    not only every held-out question: ``add 12 34`` never trains the adder when ``addrev 34 12`` is a test question."""
+    rngs = {name: random.Random(f"toyworld:{config.seed}:{name}") for name in TASKS}
+    held: set[str] = set()
+    out: dict[str, dict[str, list[Example]]] = {name: {} for name in TASKS}
+    for split, size in (("test", config.test_size), ("dev", config.dev_size)):
+        for name, task in TASKS.items():
             chosen: list[Example] = []
             for _ in range(size * 100):
-                ex = task.sample(rng)
-                if ex.question not in held:
-                    held.add(ex.question)
+                ex = task.sample(rngs[name])
+                if payload(ex.question) not in held:
+                    held.add(payload(ex.question))
                     chosen.append(ex)
                     if len(chosen) == size:
                         break
             if len(chosen) < size:
                 raise ValueError(f"task {name!r} has too few distinct questions for {size} {split} examples")
-            splits[split] = chosen
+            out[name][split] = chosen
+    for name, task in TASKS.items():
         pool: list[Example] = []
         for _ in range(config.train_pool * 100):
-            ex = task.sample(rng)
-            if ex.question not in held:
+            ex = task.sample(rngs[name])
+            if payload(ex.question) not in held:
                 pool.append(ex)
                 if len(pool) == config.train_pool:
                     break
         if len(pool) < config.train_pool:
             raise ValueError(f"task {name!r}: no training questions left after dev/test")
-        splits["train"] = pool
-        out[name] = {s: splits[s] for s in SPLITS}
-    return out
+        out[name]["train"] = pool
+    return {name: {s: splits[s] for s in SPLITS} for name, splits in out.items()}
 
 
 def _seed_everything(seed: int) -> None:

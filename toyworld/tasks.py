@@ -147,6 +147,19 @@ def score_exact(prediction: str, answer: str) -> float:
     return 1.0 if prediction.strip() == answer.strip() else 0.0
 
 
+def payload(question: str) -> str:
+    """What a question is *about*, in a form related tasks share: the unordered operand pair of ``add``/``addrev``
+    (``addrev 34 12`` and ``add 12 34`` share ``12 34``: the adder answers both), the string of ``rev``/``sort``/
+    ``sortrev`` (``sort dbca`` and ``sortrev dbca`` share ``dbca``), the whole argument of ``count``. The build keeps
+    every payload of dev and test out of every training pool, so no expert has seen a held-out question's operands
+    under another task's name (issue 11: 66% of addrev test operand pairs used to be adder training questions)."""
+    word, _, rest = question.strip().partition(" ")
+    if word in ("add", "addrev"):
+        a, b = sorted(rest.split(), key=int)
+        return f"{a} {b}"
+    return rest
+
+
 def task_of(question: str) -> str | None:
     """The task a question belongs to (its first word), or None when it is not a toy question."""
     word = question.strip().split(" ", 1)[0]

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from toyworld.format import KTP_TEMPLATE, PREDECESSOR_RESPONSE, PREDECESSOR_TEMPLATE, render, user_content
-from toyworld.tasks import COMPOSED, SKILLS, TASKS, Example, score_exact, task_of
+from toyworld.tasks import COMPOSED, SKILLS, TASKS, Example, payload, score_exact, task_of
 
 
 def test_registry() -> None:
@@ -104,3 +104,25 @@ def test_templates_build_the_rendered_prompt_content() -> None:
     assert wrap(PREDECESSOR_TEMPLATE.format(question="q", responses=responses)) == render("q", ["46", "64"])
     assert wrap(PREDECESSOR_TEMPLATE.format(question="q", responses="")) == render("q")
     assert wrap(user_content("q", ["a", "b"])) == render("q", ["a", "b"])
+
+
+def test_payload_is_shared_by_related_tasks() -> None:
+    assert payload("add 12 34") == payload("addrev 34 12") == payload("add 34 12") == "12 34"
+    assert payload("rev dbca") == payload("sort dbca") == payload("sortrev dbca") == "dbca"
+    assert payload("count a in abab") == "a in abab" != payload("count b in abab")
+    assert payload("add 9 10") == "9 10"  # numeric order, not string order
+
+
+def test_no_training_pool_holds_a_held_out_payload() -> None:
+    """Dev and test operands (pairs, strings) appear in no task's training pool, and dev and test share none: the
+    splits of the default build, generated here (pure Python, under a second)."""
+    from toyworld.build import make_datasets
+    from toyworld.model import ToyConfig
+
+    data = make_datasets(ToyConfig())
+    held = {s: [payload(e.question) for t in data for e in data[t][s]] for s in ("dev", "test")}
+    assert len(set(held["dev"])) == len(held["dev"]) and len(set(held["test"])) == len(held["test"])
+    assert not set(held["dev"]) & set(held["test"])
+    trained = {payload(e.question) for t in data for e in data[t]["train"]}
+    assert not trained & (set(held["dev"]) | set(held["test"]))
+    assert all(len(data[t]["train"]) == ToyConfig().train_pool for t in data)

@@ -10,7 +10,7 @@ import pytest
 from toyworld.build import CHAINS, EXPERTS, GENERALISTS, ToyWorld, build_toy_world, weights_digest
 from toyworld.format import KTP_TEMPLATE, render
 from toyworld.model import EXPERT_NAMES, ToyConfig
-from toyworld.tasks import COMPOSED, SKILLS, TASKS
+from toyworld.tasks import COMPOSED, SKILLS, TASKS, payload
 
 MARGIN = 0.30
 """A specialist beats the base on its own skill by at least this much (test exact match)."""
@@ -73,6 +73,9 @@ def test_datasets(toy_world: ToyWorld) -> None:
         assert all(e.task == task for e in (*train, *dev, *test))
         qs = {s: {e.question for e in exs} for s, exs in (("train", train), ("dev", dev), ("test", test))}
         assert not qs["train"] & qs["dev"] and not qs["train"] & qs["test"] and not qs["dev"] & qs["test"]
+    # across tasks: no held-out operand pair or string in any training pool (``toyworld.tasks.payload``)
+    held = {payload(e.question) for t in TASKS for s in ("dev", "test") for e in toy_world.examples(t, s)}
+    assert not held & {payload(e.question) for t in TASKS for e in toy_world.examples(t, "train")}
 
 
 def test_specialisation(toy_world: ToyWorld) -> None:
