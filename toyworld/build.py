@@ -300,7 +300,11 @@ def _job_expert(out: str, final: str, config: ToyConfig, index: int, progress: b
         target=config.stop_target,
         max_new_tokens=config.max_new_tokens,
     )
-    sched = config.expert_train if recipe.lr is None else replace(config.expert_train, lr=recipe.lr)
+    sched = replace(
+        config.expert_train,
+        lr=config.expert_train.lr if recipe.lr is None else recipe.lr,
+        steps=config.expert_train.steps if recipe.steps is None else recipe.steps,
+    )
     train(model, mixture, sched, seed=config.seed + 200 + index, desc=name, progress=progress, callback=stop)
     model.peft_config["default"].base_model_name_or_path = str(Path(final) / "base")
     model.save_pretrained(str(Path(out) / "experts" / name))
