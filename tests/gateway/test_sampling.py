@@ -84,7 +84,12 @@ def run(engine: Any, prompt: Any, params: SamplingParams) -> Any:
 
 SCHEMA = {
     "type": "object",
-    "properties": {"answer": {"type": "integer"}, "word": {"type": "string", "maxLength": 4}},
+    # every field bounded, so a sampled object always closes within max_tokens (an unbounded integer let the toy
+    # model write 50 digits at temperature 1)
+    "properties": {
+        "answer": {"type": "integer", "minimum": 0, "maximum": 999},
+        "word": {"type": "string", "maxLength": 4},
+    },
     "required": ["answer", "word"],
     "additionalProperties": False,
 }
