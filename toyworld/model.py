@@ -138,8 +138,11 @@ class ToyConfig:
     def tiny(cls, steps: int = 3) -> ToyConfig:
         """A seconds-long build through the same code path (tests: determinism, layout)."""
         sched = TrainSchedule(steps=steps, batch_size=8, warmup=1)
+        full = cls()
         return replace(
-            cls(),
+            full,
+            experts=tuple(replace(r, steps=None) for r in full.experts),  # a recipe's own cap would override ``steps``
+            generalist_train=sched,
             dev_size=8,
             test_size=8,
             train_pool=64,
