@@ -257,6 +257,85 @@ def adapter_digest(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+def lora_scale(config: dict[str, Any], module: str) -> float:
+    """PEFT's scaling of one module's ``B @ A``: ``alpha / r`` (``alpha / sqrt(r)`` with rsLoRA), per-module patterns
+    included (a pattern key matches a module name's suffix, as in PEFT)."""
+
+    def pattern(name: str, default: Any) -> Any:
+        for key, value in (config.get(name) or {}).items():
+            if module == key or module.endswith(f".{key}"):
+                return value
+        return default
+
+    r = float(pattern("rank_pattern", config.get("r", 8)))
+    alpha = float(pattern("alpha_pattern", config.get("lora_alpha", r)))
+    return alpha / (r**0.5 if config.get("use_rslora") else r)
+
+
+def lora_deltas(adapter: LoraAdapter) -> dict[str, torch.Tensor]:
+    """The adapter as the weight changes it makes: base weight name -> ``scale * B @ A`` (float32, the shape of
+    the base weight). Sums and multiples of these are what the adapters' sums and multiples mean (task
+    arithmetic), which is not true of their A and B factors when the adapters started from different random A."""
+    if adapter.config.get("fan_in_fan_out") or adapter.config.get("use_dora"):
+        raise CheckpointError(f"{adapter.path}: fan_in_fan_out and DoRA adapters are not supported as weight deltas")
+    factors: dict[str, dict[str, torch.Tensor]] = {}
+    for key, t in adapter.tensors.items():
+        bk = _base_key(key)
+        if bk is not None:
+            factors.setdefault(bk[0], {})[bk[1]] = t.to(torch.float32)
+    out: dict[str, torch.Tensor] = {}
+    for weight, ab in sorted(factors.items()):
+        if set(ab) != {"A", "B"}:
+            raise CheckpointError(f"{adapter.path}: {weight} has lora_{'A' if 'A' not in ab else 'B'} missing")
+        out[weight] = lora_scale(adapter.config, weight.removesuffix(".weight")) * (ab["B"] @ ab["A"])
+    return out
+
+
+def delta_rank(deltas: list[dict[str, torch.Tensor]], adapters: list[LoraAdapter]) -> int:
+    """The LoRA rank that holds any linear combination of the adapters' deltas exactly: the sum of their ranks,
+    capped by the smallest weight's side."""
+    total = sum(int(a.config.get("r", 8)) for a in adapters)
+    sides = [min(t.shape) for d in deltas for t in d.values()]
+    return max(1, min([total, *sides]))
+
+
+def write_delta_adapter(
+    root: str | os.PathLike[str],
+    deltas: dict[str, torch.Tensor],
+    template: LoraAdapter,
+    base_dir: str | os.PathLike[str],
+    rank: int,
+) -> tuple[Path, str]:
+    """Write weight deltas as a rank-``rank`` PEFT adapter (truncated SVD per weight, ``alpha = r``: scale 1).
+
+    Exact when every delta's rank is at most ``rank``, as for any combination of the experts' deltas with
+    ``rank = delta_rank(...)``. Served like any adapter (multi-LoRA batches on vLLM, at ``max_lora_rank >= rank``)."""
+    tensors: dict[str, torch.Tensor] = {}
+    modules: set[str] = set()
+    for weight, delta in sorted(deltas.items()):
+        module = weight.removesuffix(".weight")
+        modules.add(module.rsplit(".", 1)[-1])
+        u, s, vh = torch.linalg.svd(delta.to(torch.float64), full_matrices=False)
+        k = min(rank, s.shape[0])
+        root_s = s[:k].sqrt()
+        a = torch.zeros(rank, delta.shape[1], dtype=torch.float64)
+        b = torch.zeros(delta.shape[0], rank, dtype=torch.float64)
+        a[:k] = root_s[:, None] * vh[:k]
+        b[:, :k] = u[:, :k] * root_s[None, :]
+        tensors[f"{_PEFT_PREFIX}{module}.lora_A.weight"] = a
+        tensors[f"{_PEFT_PREFIX}{module}.lora_B.weight"] = b
+    config = dict(template.config)
+    config.update(
+        r=int(rank),
+        lora_alpha=int(rank),
+        use_rslora=False,
+        rank_pattern={},
+        alpha_pattern={},
+        target_modules=sorted(modules),
+    )
+    return write_adapter(root, tensors, LoraAdapter(template.path, config, template.tensors), base_dir)
+
+
 # --------------------------------------------------------------------------------------------------- full weights
 def read_full(model_dir: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file

@@ -153,8 +153,11 @@ class SwarmSearchConfig(_SearchBase):
     """Model Swarms: PSO over the experts' weights (LoRA adapters on one base, or full checkpoints)."""
 
     name: str = "swarm"
-    particles: Literal["lora", "full"] = "lora"
-    """What a particle is: the experts' LoRA weights, or full checkpoints of one architecture."""
+    particles: Literal["lora", "delta", "full"] = "lora"
+    """What a particle is: the experts' LoRA factors (A and B, as in the paper), their weight deltas (``scale * B @ A``
+    per adapted weight, written back as an exact LoRA of the summed rank: sums of particles are sums of what the
+    adapters do, even when their A matrices started from different random draws), or full checkpoints of one
+    architecture."""
     swarm_size: int = Field(default=10, ge=2)
     """Particles: the experts plus interpolated children."""
     child_weight_range: tuple[float, float] = (0.0, 2.0)
@@ -421,14 +424,20 @@ def prepare(cfg: _SearchBase, config_path: str | os.PathLike[str], *, output_dir
 
 
 def _check_weight_space(cfg: _SearchBase, config_path: Path, experts: list[ResolvedExpert]) -> None:
-    from offline_search.checkpoints import CheckpointError, architecture, check_same_settings, read_adapter
+    from offline_search.checkpoints import (
+        CheckpointError,
+        architecture,
+        check_same_settings,
+        lora_deltas,
+        read_adapter,
+    )
 
     what = "weight-step" if isinstance(cfg, GraphSearchConfig) else "Model Swarms"
     if len(experts) < 2:
         raise ConfigError(config_path, "experts", f"{what} needs at least 2 experts")
     particles = getattr(cfg, "particles", "lora")
     base = Path(experts[0].model).resolve()
-    if particles == "lora":
+    if particles in ("lora", "delta"):
         for i, x in enumerate(experts):
             if x.adapter is None:
                 raise ConfigError(
@@ -441,7 +450,12 @@ def _check_weight_space(cfg: _SearchBase, config_path: Path, experts: list[Resol
                     f"expert {x.name!r} is on base {x.model}, not {base}: LoRA particles share one base",
                 )
         try:
-            check_same_settings([read_adapter(x.adapter) for x in experts if x.adapter])
+            adapters = [read_adapter(x.adapter) for x in experts if x.adapter]
+            if particles == "lora":
+                check_same_settings(adapters)
+            else:
+                for a in adapters:
+                    lora_deltas(a)
         except CheckpointError as exc:
             raise ConfigError(config_path, "experts", str(exc)) from None
     else:

@@ -29,7 +29,16 @@ import torch
 
 from gateway.engines.base import Adapter
 from gateway.executors.base import ExpertHandle
-from offline_search.checkpoints import LoraAdapter, read_adapter, read_full, write_adapter, write_full
+from offline_search.checkpoints import (
+    LoraAdapter,
+    delta_rank,
+    lora_deltas,
+    read_adapter,
+    read_full,
+    write_adapter,
+    write_delta_adapter,
+    write_full,
+)
 from offline_search.config import ConfigError, Prepared, ResolvedExpert, SwarmSearchConfig
 from offline_search.evaluate import (
     EnginePool,
@@ -79,15 +88,23 @@ class ModelSwarms:
         self.template: LoraAdapter | None = None
         self.dtype = torch.float32
         self.static: dict[str, torch.Tensor] = {}
+        self.rank = 0
+        """``particles: delta``: the rank of the adapters particles are written as (holds any combination exactly)."""
         self.evaluations = 0
 
     # ----------------------------------------------------------------------------------------------- particles
     def _expert_params(self) -> list[Params]:
-        if self.cfg.particles == "lora":
+        if self.cfg.particles != "full":
             adapters = [read_adapter(e.adapter) for e in self.p.experts if e.adapter]
             self.template = adapters[0]
             self.dtype = adapters[0].dtype
-            return [{k: t.to(torch.float32) for k, t in a.tensors.items()} for a in adapters]
+            if self.cfg.particles == "lora":
+                return [{k: t.to(torch.float32) for k, t in a.tensors.items()} for a in adapters]
+            deltas = [lora_deltas(a) for a in adapters]
+            shapes = {k: t.shape for d in deltas for k, t in d.items()}  # a weight one adapter skips: delta 0
+            deltas = [{k: d.get(k, torch.zeros(shape)) for k, shape in sorted(shapes.items())} for d in deltas]
+            self.rank = delta_rank(deltas, adapters)
+            return deltas
         fulls = [read_full(e.model) for e in self.p.experts]
         self.dtype = next(t.dtype for t in fulls[0].values() if t.is_floating_point())
         self.static = {k: t for k, t in fulls[0].items() if not t.is_floating_point()}  # int buffers: not searched
@@ -99,13 +116,16 @@ class ModelSwarms:
         if self.cfg.particles == "lora":
             assert self.template is not None
             return write_adapter(root, x, self.template, self.p.experts[0].model)
+        if self.cfg.particles == "delta":
+            assert self.template is not None
+            return write_delta_adapter(root, x, self.template, self.p.experts[0].model, self.rank)
         return write_full(root, x, self.p.experts[0].model, self.dtype, static=self.static)
 
     async def _handle(self, x: Params) -> tuple[ExpertHandle, Path]:
         d, digest = self._write(x)
         base = self.p.experts[0]
         name = f"{self.cfg.name}@{digest[:16]}"
-        if self.cfg.particles == "lora":
+        if self.cfg.particles != "full":
             engine = await self.pool.get(base.engine, base.model, self._engine_args())
             return ExpertHandle(name=name, engine=engine, adapter=Adapter(name=name, path=str(d))), d
         engine = await self.pool.get(base.engine, str(d), self._engine_args())
@@ -118,8 +138,14 @@ class ModelSwarms:
     def _engine_args(self) -> dict[str, Any]:
         """The experts' engine arguments; on vLLM, enough LoRA slots for a whole swarm in one batch."""
         args = dict(self.p.experts[0].engine_args)
-        if self.p.experts[0].engine == "vllm" and self.cfg.particles == "lora":
+        if self.p.experts[0].engine == "vllm" and self.cfg.particles != "full":
             args.setdefault("max_loras", min(self.cfg.swarm_size, 16))
+            if self.cfg.particles == "delta":
+                from gateway.engines.vllm import max_lora_rank_for
+
+                ranks = [self.rank, int(args.get("max_lora_rank", 16))]
+                ranks += [int(read_adapter(e.adapter).config.get("r", 8)) for e in self.p.experts if e.adapter]
+                args["max_lora_rank"] = max_lora_rank_for(max(ranks))
         return args
 
     async def _expert_handle(self, e: ResolvedExpert) -> ExpertHandle:
@@ -143,7 +169,7 @@ class ModelSwarms:
         self, positions: list[Params], examples: list[Any]
     ) -> tuple[list[Any], list[str], list[Path]]:
         gen = self.cfg.generation
-        if self.cfg.particles == "lora":  # one engine: every particle in one multi-adapter batch
+        if self.cfg.particles != "full":  # one engine: every particle in one multi-adapter batch
             made = [await self._handle(x) for x in positions]
             scored = await asyncio.gather(
                 *(score_expert(self.generator, h, examples, gen, self.utility) for h, _ in made)
@@ -212,7 +238,7 @@ class ModelSwarms:
                     test_examples=len(self.p.splits.test),
                 )
             if not swarm.done:
-                if cfg.particles == "lora":  # start the shared engine up front, so iteration times are search only
+                if cfg.particles != "full":  # start the shared engine up front, so iteration times are search only
                     t0 = time.perf_counter()
                     base = self.p.experts[0]
                     await self.pool.get(base.engine, base.model, self._engine_args())
@@ -305,7 +331,7 @@ class ModelSwarms:
             "dev_examples": len(self.p.splits.dev),
             "test_examples": len(test),
         }
-        if cfg.particles == "lora" and cfg.export_merged:
+        if cfg.particles != "full" and cfg.export_merged:
             summary["best"]["merged_dir"] = str(await asyncio.to_thread(self._merge, best_dir))
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         run_log.write("done", summary=summary)
@@ -326,12 +352,18 @@ class ModelSwarms:
         )
         base = self.p.experts[0]
         entry: dict[str, Any] = {"kind": "expert", "engine": cfg.engine or "auto"}
-        if cfg.particles == "lora":
+        if cfg.particles != "full":
             entry.update(model=str(Path(base.model).resolve()), adapter=str(best_dir.resolve()))
         else:
             entry.update(model=str(best_dir.resolve()))
-        if base.engine_args:
-            entry["engine_args"] = base.engine_args
+        engine_args = dict(base.engine_args)
+        if cfg.particles == "delta" and base.engine == "vllm" and self.rank > 16:  # vLLM's default max_lora_rank
+            from gateway.engines.vllm import max_lora_rank_for
+
+            engine_args["max_lora_rank"] = max(max_lora_rank_for(self.rank), int(engine_args.get("max_lora_rank", 0)))
+            entry["engine"] = "vllm"
+        if engine_args:
+            entry["engine_args"] = engine_args
         entry["description"] = f"Model Swarms over {[e.name for e in self.p.experts]} ({self.utility.name})"
         snippet = write_spec_snippet(out / "spec_snippet.yaml", ensembles={cfg.name: entry})
         if not cfg.keep_particles:

@@ -54,6 +54,16 @@ DEFAULT_ENGINE_ARGS: dict[str, Any] = {
     "disable_log_stats": True,
 }
 """What ``VLLMEngine`` passes to ``AsyncEngineArgs`` unless its ``engine_args`` say otherwise."""
+MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+"""The values vLLM accepts for ``max_lora_rank`` (``vllm.config.lora.MaxLoRARanks``)."""
+
+
+def max_lora_rank_for(rank: int) -> int:
+    """The smallest ``max_lora_rank`` vLLM accepts that serves adapters of ``rank``."""
+    for slot in MAX_LORA_RANKS:
+        if slot >= rank:
+            return slot
+    raise ValueError(f"LoRA rank {rank} is above vLLM's largest max_lora_rank {MAX_LORA_RANKS[-1]}")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
