@@ -16,6 +16,7 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from gateway.engines.vllm import max_lora_rank_for
 from offline_search.checkpoints import (
     CheckpointError,
     check_adapter_fits_base,
@@ -65,6 +66,12 @@ def test_a_combination_of_deltas_is_written_exactly_and_peft_merges_it(toy_world
     merged = PeftModel.from_pretrained(model, str(out)).merge_and_unload().state_dict()
     for k, t in combo.items():
         torch.testing.assert_close(merged[k].float(), base_w[k].float() + t, rtol=1e-4, atol=1e-5)
+
+
+def test_max_lora_rank_is_the_smallest_slot_vllm_accepts() -> None:
+    assert [max_lora_rank_for(r) for r in (1, 8, 9, 16, 24, 64, 65, 512)] == [1, 8, 16, 16, 32, 64, 128, 512]
+    with pytest.raises(ValueError, match="above vLLM's largest"):
+        max_lora_rank_for(513)
 
 
 def test_dora_adapters_are_refused_as_deltas(toy_world) -> None:
