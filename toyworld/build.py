@@ -35,7 +35,7 @@ from typing import Any
 
 from toyworld.format import render
 from toyworld.model import EXPERT_NAMES, ToyConfig
-from toyworld.tasks import COMPOSED, SKILLS, TASKS, Example, payload, score_exact
+from toyworld.tasks import COMPOSED, PHRASINGS, SKILLS, TASKS, Example, payload, phrase, score_exact
 
 SPLITS = ("train", "dev", "test")
 EXPERTS = tuple(EXPERT_NAMES.values())
@@ -145,7 +145,15 @@ def _write_jsonl(path: Path, examples: list[Example]) -> None:
 def make_datasets(config: ToyConfig) -> dict[str, dict[str, list[Example]]]:
     """Task -> split -> examples. First every task's test then dev (unique payloads across all tasks), then the
     training pools, which avoid every held-out *payload* (``toyworld.tasks.payload``: the operand pair or the string),
-    not only every held-out question: ``add 12 34`` never trains the adder when ``addrev 34 12`` is a test question."""
+    not only every held-out question: ``add 12 34`` never trains the adder when ``addrev 34 12`` is a test question.
+    Last, questions are phrased (``ToyConfig.phrasings``): test cycles through all of its phrasings, dev through the
+    training ones, training draws one at random (its own random stream: the canonical world's draws do not move)."""
+    n_train, n_test = config.phrasings
+    if not 1 <= n_train <= n_test <= min(len(p) for p in PHRASINGS.values()):
+        raise ValueError(
+            f"ToyConfig.phrasings: need 1 <= training phrasings <= test phrasings <= "
+            f"{min(len(p) for p in PHRASINGS.values())}, got {config.phrasings}"
+        )
     rngs = {name: random.Random(f"toyworld:{config.seed}:{name}") for name in TASKS}
     held: set[str] = set()
     out: dict[str, dict[str, list[Example]]] = {name: {} for name in TASKS}
@@ -173,6 +181,17 @@ def make_datasets(config: ToyConfig) -> dict[str, dict[str, list[Example]]]:
         if len(pool) < config.train_pool:
             raise ValueError(f"task {name!r}: no training questions left after dev/test")
         out[name]["train"] = pool
+    for name, splits in out.items():
+        pick = random.Random(f"toyworld:{config.seed}:{name}:phrasing")
+        indices = {
+            "test": [i % n_test for i in range(len(splits["test"]))],
+            "dev": [i % n_train for i in range(len(splits["dev"]))],
+            "train": [pick.randrange(n_train) for _ in splits["train"]],
+        }
+        for split, exs in splits.items():
+            splits[split] = [
+                replace(ex, question=phrase(ex.question, k)) for ex, k in zip(exs, indices[split], strict=True)
+            ]
     return {name: {s: splits[s] for s in SPLITS} for name, splits in out.items()}
 
 

@@ -129,10 +129,19 @@ class ToyConfig:
     probe_size: int = 100  # dev examples per probe
     eval_batch: int = 200  # generation batch size of the build's own evaluation
     max_new_tokens: int = 10  # longest generated answer (answers are at most 8 chars + </s>)
+    phrasings: tuple[int, int] = (1, 1)  # how many of each task's PHRASINGS (toyworld.tasks) the training and dev
+    # questions use, and how many the test questions use: the ones past the first number are held out of training
+    # (and dev). (1, 1): canonical ``<task> <args>`` only; ``ToyConfig.phrased()``: (3, 4)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data view (for hashing and for ``config.json`` in the build root)."""
         return asdict(self)
+
+    @classmethod
+    def phrased(cls) -> ToyConfig:
+        """The phrased world (issue 11): three phrasings in training and dev, a fourth (task words after the
+        arguments) only in test, so the first word no longer names the route."""
+        return replace(cls(), phrasings=(3, 4))
 
     @classmethod
     def tiny(cls, steps: int = 3) -> ToyConfig:

@@ -15,11 +15,17 @@ sortrev    ``sortrev dbca``            ``dcba``   sorter (``abcd``) then reverse
 =========  ==========================  =========  =====================================
 
 Everything is deterministic given a ``random.Random``.
+
+Questions can also come in other *phrasings* (``PHRASINGS``: ``sum 47 32``, ``please sort dbca``, ``dbca sorted
+backwards``...), so that the first word need not name the route. ``ToyConfig.phrasings`` says how many the training
+and dev splits use and how many the test split uses (the rest held out of training); the default world uses only
+the canonical form above.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -119,12 +125,12 @@ def _sortrev(rng: random.Random) -> tuple[str, str]:
 
 
 def _addrev_intermediate(question: str) -> str:
-    _, a, b = question.split()
+    a, b = arguments(question).split()
     return str(int(a) + int(b))
 
 
 def _sortrev_intermediate(question: str) -> str:
-    return "".join(sorted(question.split()[1]))
+    return "".join(sorted(arguments(question)))
 
 
 TASKS: dict[str, Task] = {
@@ -147,20 +153,73 @@ def score_exact(prediction: str, answer: str) -> float:
     return 1.0 if prediction.strip() == answer.strip() else 0.0
 
 
+PHRASINGS: dict[str, tuple[str, ...]] = {
+    "add": ("add {x}", "sum {x}", "please add {x}", "{x} summed"),
+    "rev": ("rev {x}", "reverse {x}", "please rev {x}", "{x} backwards"),
+    "sort": ("sort {x}", "order {x}", "please sort {x}", "{x} sorted"),
+    "count": ("count {x}", "how many {x}", "please count {x}", "{x} counted"),
+    "addrev": ("addrev {x}", "sum {x} backwards", "please addrev {x}", "{x} summed backwards"),
+    "sortrev": ("sortrev {x}", "order {x} backwards", "please sortrev {x}", "{x} sorted backwards"),
+}
+"""Task -> the phrasings of its questions, ``{x}`` standing for the arguments in canonical layout (``47 32``,
+``dbca``, ``a in abaca``: operands keep one layout, since the tiny adder fails to learn several). The first is the
+canonical ``<task> <args>``; the last puts the task words after the arguments, so a route cannot be read off the
+first word (it is the one ``ToyConfig.phrasings`` holds out of training in the phrased world)."""
+_ARGUMENTS = {
+    "add": r"\d+ \d+",
+    "addrev": r"\d+ \d+",
+    "rev": f"[{ALPHABET}]+",
+    "sort": f"[{ALPHABET}]+",
+    "sortrev": f"[{ALPHABET}]+",
+    "count": f"[{COUNT_ALPHABET}] in [{COUNT_ALPHABET}]+",
+}
+_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
+    (task, re.compile("^" + re.escape(p).replace(re.escape("{x}"), f"(?P<x>{_ARGUMENTS[task]})") + "$"))
+    for task, phrasings in PHRASINGS.items()
+    for p in phrasings
+]
+
+
+def phrase(question: str, index: int) -> str:
+    """A canonical question (``sort dbca``) in its task's phrasing number ``index`` (``please sort dbca``)."""
+    task, _, args = question.partition(" ")
+    return PHRASINGS[task][index].format(x=args)
+
+
+def parse(question: str) -> tuple[str, str] | None:
+    """(task, canonical arguments) of a question in any phrasing, or None when it is not a toy question. Each
+    phrasing is matched whole with its task's argument grammar, so ``dbca sorted backwards`` is ``sortrev`` and not
+    ``rev`` of ``dbca sorted``."""
+    q = question.strip()
+    for task, pattern in _PATTERNS:
+        m = pattern.match(q)
+        if m:
+            return task, m.group("x")
+    return None
+
+
+def arguments(question: str) -> str:
+    """The canonical arguments of a question in any phrasing (``47 32``, ``dbca``, ``a in abaca``)."""
+    parsed = parse(question)
+    if parsed is None:
+        raise ValueError(f"not a toy question: {question!r}")
+    return parsed[1]
+
+
 def payload(question: str) -> str:
     """What a question is *about*, in a form related tasks share: the unordered operand pair of ``add``/``addrev``
     (``addrev 34 12`` and ``add 12 34`` share ``12 34``: the adder answers both), the string of ``rev``/``sort``/
     ``sortrev`` (``sort dbca`` and ``sortrev dbca`` share ``dbca``), the whole argument of ``count``. The build keeps
     every payload of dev and test out of every training pool, so no expert has seen a held-out question's operands
     under another task's name (issue 11: 66% of addrev test operand pairs used to be adder training questions)."""
-    word, _, rest = question.strip().partition(" ")
-    if word in ("add", "addrev"):
-        a, b = sorted(rest.split(), key=int)
+    task, args = parse(question) or ("", question.strip().partition(" ")[2])
+    if task in ("add", "addrev"):
+        a, b = sorted(args.split(), key=int)
         return f"{a} {b}"
-    return rest
+    return args
 
 
 def task_of(question: str) -> str | None:
-    """The task a question belongs to (its first word), or None when it is not a toy question."""
-    word = question.strip().split(" ", 1)[0]
-    return word if word in TASKS else None
+    """The task a question belongs to, in any phrasing, or None when it is not a toy question."""
+    parsed = parse(question)
+    return parsed[0] if parsed else None

@@ -1,13 +1,26 @@
-"""Tasks, scorers and the prompt format (no models: milliseconds)."""
+"""Tasks, phrasings, scorers and the prompt format (no models: milliseconds)."""
 
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import pytest
 
 from toyworld.format import KTP_TEMPLATE, PREDECESSOR_RESPONSE, PREDECESSOR_TEMPLATE, render, user_content
-from toyworld.tasks import COMPOSED, SKILLS, TASKS, Example, payload, score_exact, task_of
+from toyworld.tasks import (
+    COMPOSED,
+    PHRASINGS,
+    SKILLS,
+    TASKS,
+    Example,
+    arguments,
+    parse,
+    payload,
+    phrase,
+    score_exact,
+    task_of,
+)
 
 
 def test_registry() -> None:
@@ -119,10 +132,75 @@ def test_no_training_pool_holds_a_held_out_payload() -> None:
     from toyworld.build import make_datasets
     from toyworld.model import ToyConfig
 
-    data = make_datasets(ToyConfig())
+    _assert_held_out(make_datasets(ToyConfig()))
+
+
+def _assert_held_out(data) -> None:
+    from toyworld.model import ToyConfig
+
     held = {s: [payload(e.question) for t in data for e in data[t][s]] for s in ("dev", "test")}
     assert len(set(held["dev"])) == len(held["dev"]) and len(set(held["test"])) == len(held["test"])
     assert not set(held["dev"]) & set(held["test"])
     trained = {payload(e.question) for t in data for e in data[t]["train"]}
     assert not trained & (set(held["dev"]) | set(held["test"]))
     assert all(len(data[t]["train"]) == ToyConfig().train_pool for t in data)
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_every_phrasing_parses_back_to_its_task_and_arguments(task: str) -> None:
+    """Each phrasing of 50 sampled questions parses back to the task and canonical arguments, and the task's
+    answer and first step read from the phrased question agree with an independent solver over the canonical one."""
+    rng = random.Random(task)
+    for _ in range(50):
+        ex = TASKS[task].sample(rng)
+        args = ex.question.partition(" ")[2]
+        for i in range(len(PHRASINGS[task])):
+            q = phrase(ex.question, i)
+            assert parse(q) == (task, args) and task_of(q) == task and arguments(q) == args
+            assert payload(q) == payload(ex.question)
+            if TASKS[task].intermediate is not None:
+                assert TASKS[task].intermediate(q) == TASKS[task].intermediate(ex.question)  # type: ignore[misc]
+    assert phrase("sortrev dbca", len(PHRASINGS["sortrev"]) - 1) == "dbca sorted backwards"
+
+
+def test_phrasings_are_unambiguous() -> None:
+    """A phrasing whose words overlap another task's is still read as its own task: the suffix forms of the
+    composed tasks are not ``rev`` of a string with a space, and a string that spells a task word is an argument."""
+    assert parse("dbca sorted backwards") == ("sortrev", "dbca")
+    assert parse("12 34 summed backwards") == ("addrev", "12 34")
+    assert parse("rev add") == ("rev", "add") and parse("sort bad") == ("sort", "bad")
+    assert parse("reverse dbca") == ("rev", "dbca") and parse("rev dbca") == ("rev", "dbca")
+    for bad in ("hello", "add 12", "sort DBCA", "dbca sorted sideways", ""):
+        assert parse(bad) is None and task_of(bad) is None
+    with pytest.raises(ValueError, match="not a toy question"):
+        arguments("hello")
+    texts = [p for ps in PHRASINGS.values() for p in ps]
+    assert len(set(texts)) == len(texts)
+
+
+def test_phrased_world_holds_its_last_phrasing_out_of_training_and_dev() -> None:
+    """``ToyConfig.phrased()``: training and dev use three phrasings, test all four in equal shares; the held-out
+    one (task words after the arguments, so the first word is an operand) appears in no training or dev question.
+    Payloads stay held out as in the canonical world, and the canonical world is all first phrasings."""
+    from toyworld.build import make_datasets
+    from toyworld.model import ToyConfig
+
+    config = ToyConfig.phrased()
+    data = make_datasets(config)
+    _assert_held_out(data)
+    n_train, n_test = config.phrasings
+    for task, splits in data.items():
+        used = {s: Counter(_phrasing(task, e.question) for e in exs) for s, exs in splits.items()}
+        assert set(used["train"]) == set(used["dev"]) == set(range(n_train)), task
+        assert sorted(used["test"].values()) == [config.test_size // n_test] * n_test, task
+        assert all(_solve(f"{task} {arguments(e.question)}") == e.answer for e in splits["test"])
+    canonical = make_datasets(ToyConfig())
+    assert all(_phrasing(t, e.question) == 0 for t in canonical for s in canonical[t].values() for e in s)
+    with pytest.raises(ValueError, match="phrasings"):
+        make_datasets(ToyConfig(phrasings=(2, 1)))
+
+
+def _phrasing(task: str, question: str) -> int:
+    """The index of the phrasing a question was written in."""
+    (index,) = [i for i, p in enumerate(PHRASINGS[task]) if p.format(x=arguments(question)) == question]
+    return index

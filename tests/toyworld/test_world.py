@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -177,3 +178,25 @@ def test_finished_build_is_reused(tiny_builds: tuple[ToyWorld, ToyWorld]) -> Non
     again = build_toy_world(a.root, config=ToyConfig.tiny(), progress=False)
     assert again == a and (a.root / "toyworld.json").stat().st_mtime_ns == stamp
     assert not list(a.root.parent.glob(".*tmp-*"))
+
+
+def test_a_phrased_build_trains_and_tests_on_its_phrasings(tmp_path: Path) -> None:
+    """The build path with phrasings on (tiny shapes, seconds): training and dev questions come in the training
+    phrasings only, test in all of them, composed training targets (the ``P:`` steps) are read from phrased
+    questions, and the finished world serves a spec like the canonical one."""
+    from gateway.spec import load_spec
+    from toyworld.tasks import PHRASINGS, arguments
+
+    config = replace(ToyConfig.tiny(), phrasings=(3, 4))
+    world = build_toy_world(tmp_path / "toy", config=config, progress=False)
+    for task in TASKS:
+        used = {
+            split: {
+                next(i for i, p in enumerate(PHRASINGS[task]) if p.format(x=arguments(e.question)) == e.question)
+                for e in world.examples(task, split)
+            }
+            for split in ("train", "dev", "test")
+        }
+        assert used == {"train": {0, 1, 2}, "dev": {0, 1, 2}, "test": {0, 1, 2, 3}}, task
+    assert set(world.accuracy) == {"base", "adder", "reverser", "sorter", "counter", "gen-a", "gen-b", "gen-c", "big"}
+    assert load_spec(world.spec_path).experts.keys() >= {"toy-adder", "toy-big"}
