@@ -347,6 +347,9 @@ def config_from_dict(data: dict[str, Any], *, base: Path | None = None, where: s
 
 TOY = "@toy"
 """Path value meaning "the toy world build" (``spec`` -> its spec.yaml, ``data.dir`` -> its datasets)."""
+TOY_PHRASED = "@toy-phrased"
+"""Path value meaning the phrased toy world (``toyworld.model.ToyConfig.phrased()``: several phrasings per task, one
+held out of training), resolved like ``@toy``."""
 TOY_CONFIG = Path(__file__).resolve().parent / "toy.yaml"
 """The packaged default config: the router over the toy world."""
 
@@ -365,15 +368,18 @@ def load_config(path: str | os.PathLike[str] | None = None) -> RouterConfig:
 
 
 def resolve_toy(cfg: RouterConfig) -> RouterConfig:
-    """Replace ``@toy`` paths by the toy world build's (building it on first use)."""
-    if TOY not in (Path(cfg.spec or "").name, Path(cfg.data.dir or "").name):
-        return cfg
-    from toyworld.build import build_toy_world
+    """Replace ``@toy`` (``@toy-phrased``) paths by the toy world build's (building it on first use)."""
+    for name in (TOY, TOY_PHRASED):
+        if name not in (Path(cfg.spec or "").name, Path(cfg.data.dir or "").name):
+            continue
+        from toyworld.build import build_toy_world
+        from toyworld.model import ToyConfig
 
-    world = build_toy_world()
-    spec = str(world.spec_path) if cfg.spec and Path(cfg.spec).name == TOY else cfg.spec
-    data_dir = str(world.data_dir) if cfg.data.dir and Path(cfg.data.dir).name == TOY else cfg.data.dir
-    return dataclasses.replace(cfg, spec=spec, data=dataclasses.replace(cfg.data, dir=data_dir))
+        world = build_toy_world(config=ToyConfig.phrased() if name == TOY_PHRASED else None)
+        spec = str(world.spec_path) if cfg.spec and Path(cfg.spec).name == name else cfg.spec
+        data_dir = str(world.data_dir) if cfg.data.dir and Path(cfg.data.dir).name == name else cfg.data.dir
+        cfg = dataclasses.replace(cfg, spec=spec, data=dataclasses.replace(cfg.data, dir=data_dir))
+    return cfg
 
 
 def _check(cfg: RouterConfig, where: str) -> None:

@@ -69,11 +69,15 @@ def serve(
 def toy_build(
     root: Annotated[Path | None, typer.Option(help="Output directory (default: the content-hash cache dir).")] = None,
     force: Annotated[bool, typer.Option(help="Rebuild even if a finished build exists.")] = False,
+    phrased: Annotated[
+        bool, typer.Option(help="The phrased world: several phrasings per task, one held out of training for test.")
+    ] = False,
 ) -> None:
     """Build (or reuse) the toy world and print its accuracy matrix (expert x task, test split)."""
     from toyworld.build import build_toy_world, format_matrix
+    from toyworld.model import ToyConfig
 
-    tw = build_toy_world(root, force=force)
+    tw = build_toy_world(root, force=force, config=ToyConfig.phrased() if phrased else None)
     typer.echo(format_matrix(tw.accuracy, tw.chain_accuracy))
     typer.echo(f"toy world: {tw.root}\nspec: {tw.spec_path}")
 
