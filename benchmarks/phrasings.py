@@ -1,0 +1,113 @@
+"""Accuracy of the phrased toy world's models by phrasing: the phrasings they trained on vs the held-out one.
+
+The phrased world (``python -m toyworld --phrased``, ``ToyConfig.phrased()``) asks every task in several phrasings
+(``toyworld.tasks.PHRASINGS``); training and dev use the first ones, test all of them in equal shares. This script
+scores every model of the build, and the two hand-wired chains, on the test split, per task and per phrasing, so the
+cost of a phrasing no expert has seen is visible next to the seen ones. Greedy decoding on the transformers engine
+(the build's own evaluation): quality only, no timing.
+
+    .venv/bin/python benchmarks/phrasings.py [--root DIR] [--out runs/bench/phrasings.json]
+
+Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def phrasing_index(task: str, question: str) -> int:
+    """Which of the task's phrasings a question is written in."""
+    from toyworld.tasks import PHRASINGS, arguments
+
+    args = arguments(question)
+    return next(i for i, p in enumerate(PHRASINGS[task]) if p.format(x=args) == question)
+
+
+def score(preds: list[str], examples: list[Any], task: str) -> dict[str, float]:
+    """Exact match per phrasing index (as a string key) and over all."""
+    from toyworld.tasks import score_exact
+
+    hits: dict[str, list[float]] = {}
+    for p, e in zip(preds, examples, strict=True):
+        hits.setdefault(str(phrasing_index(task, e.question)), []).append(score_exact(p, e.answer))
+    out = {k: sum(v) / len(v) for k, v in sorted(hits.items())}
+    out["all"] = sum(sum(v) for v in hits.values()) / max(1, sum(len(v) for v in hits.values()))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", type=Path, default=None, help="a phrased build (default: build or reuse it)")
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench" / "phrasings.json")
+    args = parser.parse_args(argv)
+
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from toyworld.build import CHAINS, EXPERTS, GENERALISTS, ToyWorld, _load_expert, build_toy_world
+    from toyworld.format import render
+    from toyworld.model import ToyConfig
+    from toyworld.tasks import COMPOSED, PHRASINGS, SKILLS
+    from toyworld.train import greedy
+
+    world = ToyWorld.load(args.root) if args.root else build_toy_world(config=ToyConfig.phrased())
+    config = json.loads((world.root / "toyworld.json").read_text())["config"]
+    n_train, n_test = config["phrasings"]
+    tasks = [*SKILLS, *COMPOSED]
+    data = {t: world.examples(t, "test") for t in tasks}
+    kw = {"max_new_tokens": config["max_new_tokens"], "batch_size": config["eval_batch"]}
+    torch.set_num_threads(max(1, (os.cpu_count() or 1)))
+
+    def load(name: str) -> Any:
+        if name in ("base", "big"):
+            return LlamaForCausalLM.from_pretrained(str(world.root / name), dtype=torch.float32)
+        return _load_expert(world.root, name)
+
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    models: dict[str, Any] = {}
+    for name in ("base", *EXPERTS, *GENERALISTS, "big"):
+        models[name] = load(name)
+        results[name] = {
+            t: score(greedy(models[name], [render(e.question) for e in data[t]], **kw), data[t], t) for t in tasks
+        }
+        print(f"scored {name}", file=sys.stderr, flush=True)
+    for task, (first, second) in CHAINS.items():
+        mid = greedy(models[first], [render(e.question) for e in data[task]], **kw)
+        final = greedy(models[second], [render(e.question, [m]) for e, m in zip(data[task], mid, strict=True)], **kw)
+        results.setdefault(">".join((first, second)), {})[task] = score(final, data[task], task)
+
+    held = [str(i) for i in range(n_train, n_test)]
+    seen = [str(i) for i in range(n_train)]
+
+    def mean(row: dict[str, float], keys: list[str]) -> float:
+        return sum(row[k] for k in keys) / len(keys) if keys else float("nan")
+
+    head = f"{'model':<18}" + "".join(f"{t:>16}" for t in tasks)
+    print(f"test exact match, %: seen phrasings (first {n_train}) / held-out phrasing(s)\n{head}\n{'-' * len(head)}")
+    for name, row in results.items():
+        cells = [
+            f"{100 * mean(row[t], seen):>7.1f} / {100 * mean(row[t], held):>5.1f}" if t in row else f"{'':>16}"
+            for t in tasks
+        ]
+        print(f"{name:<18}" + "".join(f"{c:>16}" for c in cells))
+    example = {t: PHRASINGS[t][n_test - 1] for t in tasks}
+    print("held-out phrasing(s): " + ", ".join(f"{t}: {p!r}" for t, p in example.items()))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"root": str(world.root), "phrasings": [n_train, n_test], "held_out": held, "accuracy": results}
+    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
