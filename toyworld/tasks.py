@@ -63,7 +63,7 @@ class Task:
     """A task: a name, a generator of (question, answer) pairs and, for composed tasks, its two steps."""
 
     name: str
-    """Key in ``TASKS``; also the question's first word."""
+    """Key in ``TASKS``; also the question's first word."""  # in the canonical phrasing, PHRASINGS[name][0]
     generate: Callable[[random.Random], tuple[str, str]]
     """Draws one (question, answer) pair from ``rng``."""
     steps: tuple[str, ...] = ()
