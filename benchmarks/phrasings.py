@@ -25,21 +25,13 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def phrasing_index(task: str, question: str) -> int:
-    """Which of the task's phrasings a question is written in."""
-    from toyworld.tasks import PHRASINGS, arguments
-
-    args = arguments(question)
-    return next(i for i, p in enumerate(PHRASINGS[task]) if p.format(x=args) == question)
-
-
-def score(preds: list[str], examples: list[Any], task: str) -> dict[str, float]:
+def score(preds: list[str], examples: list[Any]) -> dict[str, float]:
     """Exact match per phrasing index (as a string key) and over all."""
-    from toyworld.tasks import score_exact
+    from toyworld.tasks import phrasing_of, score_exact
 
     hits: dict[str, list[float]] = {}
     for p, e in zip(preds, examples, strict=True):
-        hits.setdefault(str(phrasing_index(task, e.question)), []).append(score_exact(p, e.answer))
+        hits.setdefault(str(phrasing_of(e.question)), []).append(score_exact(p, e.answer))
     out = {k: sum(v) / len(v) for k, v in sorted(hits.items())}
     out["all"] = sum(sum(v) for v in hits.values()) / max(1, sum(len(v) for v in hits.values()))
     return out
@@ -78,13 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("base", *EXPERTS, *GENERALISTS, "big"):
         models[name] = load(name)
         results[name] = {
-            t: score(greedy(models[name], [render(e.question) for e in data[t]], **kw), data[t], t) for t in tasks
+            t: score(greedy(models[name], [render(e.question) for e in data[t]], **kw), data[t]) for t in tasks
         }
         print(f"scored {name}", file=sys.stderr, flush=True)
     for task, (first, second) in CHAINS.items():
         mid = greedy(models[first], [render(e.question) for e in data[task]], **kw)
         final = greedy(models[second], [render(e.question, [m]) for e, m in zip(data[task], mid, strict=True)], **kw)
-        results.setdefault(">".join((first, second)), {})[task] = score(final, data[task], task)
+        results.setdefault(">".join((first, second)), {})[task] = score(final, data[task])
 
     held = [str(i) for i in range(n_train, n_test)]
     seen = [str(i) for i in range(n_train)]

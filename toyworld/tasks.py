@@ -173,10 +173,10 @@ _ARGUMENTS = {
     "sortrev": f"[{ALPHABET}]+",
     "count": f"[{COUNT_ALPHABET}] in [{COUNT_ALPHABET}]+",
 }
-_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
-    (task, re.compile("^" + re.escape(p).replace(re.escape("{x}"), f"(?P<x>{_ARGUMENTS[task]})") + "$"))
+_PATTERNS: list[tuple[str, int, re.Pattern[str]]] = [
+    (task, i, re.compile("^" + re.escape(p).replace(re.escape("{x}"), f"(?P<x>{_ARGUMENTS[task]})") + "$"))
     for task, phrasings in PHRASINGS.items()
-    for p in phrasings
+    for i, p in enumerate(phrasings)
 ]
 
 
@@ -190,11 +190,22 @@ def parse(question: str) -> tuple[str, str] | None:
     """(task, canonical arguments) of a question in any phrasing, or None when it is not a toy question. Each
     phrasing is matched whole with its task's argument grammar, so ``dbca sorted backwards`` is ``sortrev`` and not
     ``rev`` of ``dbca sorted``."""
+    found = _match(question)
+    return (found[0], found[2]) if found else None
+
+
+def phrasing_of(question: str) -> int | None:
+    """The index in ``PHRASINGS[task]`` of the phrasing a question is written in, or None for a non-toy question."""
+    found = _match(question)
+    return found[1] if found else None
+
+
+def _match(question: str) -> tuple[str, int, str] | None:
     q = question.strip()
-    for task, pattern in _PATTERNS:
+    for task, index, pattern in _PATTERNS:
         m = pattern.match(q)
         if m:
-            return task, m.group("x")
+            return task, index, m.group("x")
     return None
 
 

@@ -18,6 +18,7 @@ from toyworld.tasks import (
     parse,
     payload,
     phrase,
+    phrasing_of,
     score_exact,
     task_of,
 )
@@ -157,6 +158,7 @@ def test_every_phrasing_parses_back_to_its_task_and_arguments(task: str) -> None
         for i in range(len(PHRASINGS[task])):
             q = phrase(ex.question, i)
             assert parse(q) == (task, args) and task_of(q) == task and arguments(q) == args
+            assert phrasing_of(q) == i
             assert payload(q) == payload(ex.question)
             if TASKS[task].intermediate is not None:
                 assert TASKS[task].intermediate(q) == TASKS[task].intermediate(ex.question)  # type: ignore[misc]
@@ -171,7 +173,7 @@ def test_phrasings_are_unambiguous() -> None:
     assert parse("rev add") == ("rev", "add") and parse("sort bad") == ("sort", "bad")
     assert parse("reverse dbca") == ("rev", "dbca") and parse("rev dbca") == ("rev", "dbca")
     for bad in ("hello", "add 12", "sort DBCA", "dbca sorted sideways", ""):
-        assert parse(bad) is None and task_of(bad) is None
+        assert parse(bad) is None and task_of(bad) is None and phrasing_of(bad) is None
     with pytest.raises(ValueError, match="not a toy question"):
         arguments("hello")
     texts = [p for ps in PHRASINGS.values() for p in ps]
@@ -190,17 +192,11 @@ def test_phrased_world_holds_its_last_phrasing_out_of_training_and_dev() -> None
     _assert_held_out(data)
     n_train, n_test = config.phrasings
     for task, splits in data.items():
-        used = {s: Counter(_phrasing(task, e.question) for e in exs) for s, exs in splits.items()}
+        used = {s: Counter(phrasing_of(e.question) for e in exs) for s, exs in splits.items()}
         assert set(used["train"]) == set(used["dev"]) == set(range(n_train)), task
         assert sorted(used["test"].values()) == [config.test_size // n_test] * n_test, task
         assert all(_solve(f"{task} {arguments(e.question)}") == e.answer for e in splits["test"])
     canonical = make_datasets(ToyConfig())
-    assert all(_phrasing(t, e.question) == 0 for t in canonical for s in canonical[t].values() for e in s)
+    assert all(phrasing_of(e.question) == 0 for t in canonical for s in canonical[t].values() for e in s)
     with pytest.raises(ValueError, match="phrasings"):
         make_datasets(ToyConfig(phrasings=(2, 1)))
-
-
-def _phrasing(task: str, question: str) -> int:
-    """The index of the phrasing a question was written in."""
-    (index,) = [i for i, p in enumerate(PHRASINGS[task]) if p.format(x=arguments(question)) == question]
-    return index

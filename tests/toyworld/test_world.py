@@ -185,17 +185,13 @@ def test_a_phrased_build_trains_and_tests_on_its_phrasings(tmp_path: Path) -> No
     phrasings only, test in all of them, composed training targets (the ``P:`` steps) are read from phrased
     questions, and the finished world serves a spec like the canonical one."""
     from gateway.spec import load_spec
-    from toyworld.tasks import PHRASINGS, arguments
+    from toyworld.tasks import phrasing_of
 
     config = replace(ToyConfig.tiny(), phrasings=(3, 4))
     world = build_toy_world(tmp_path / "toy", config=config, progress=False)
     for task in TASKS:
         used = {
-            split: {
-                next(i for i, p in enumerate(PHRASINGS[task]) if p.format(x=arguments(e.question)) == e.question)
-                for e in world.examples(task, split)
-            }
-            for split in ("train", "dev", "test")
+            split: {phrasing_of(e.question) for e in world.examples(task, split)} for split in ("train", "dev", "test")
         }
         assert used == {"train": {0, 1, 2}, "dev": {0, 1, 2}, "test": {0, 1, 2, 3}}, task
     assert set(world.accuracy) == {"base", "adder", "reverser", "sorter", "counter", "gen-a", "gen-b", "gen-c", "big"}
