@@ -1,4 +1,4 @@
-"""Accuracy of the phrased toy world's models by phrasing: the phrasings they trained on vs the held-out one.
+"""Accuracy of the phrased toy world's models by phrasing: the phrasings they trained on vs each held-out one.
 
 The phrased world (``python -m toyworld --phrased``, ``ToyConfig.phrased()``) asks every task in several phrasings
 (``toyworld.tasks.PHRASINGS``); training and dev use the first ones, test all of them in equal shares. This script
@@ -84,16 +84,20 @@ def main(argv: list[str] | None = None) -> int:
     def mean(row: dict[str, float], keys: list[str]) -> float:
         return sum(row[k] for k in keys) / len(keys) if keys else float("nan")
 
-    head = f"{'model':<18}" + "".join(f"{t:>16}" for t in tasks)
-    print(f"test exact match, %: seen phrasings (first {n_train}) / held-out phrasing(s)\n{head}\n{'-' * len(head)}")
+    width = 8 * (1 + len(held)) + 2
+    head = f"{'model':<18}" + "".join(f"{t:>{width}}" for t in tasks)
+    print(
+        f"test exact match, %: seen phrasings (0-{n_train - 1}) / each held-out phrasing ({', '.join(held)})\n"
+        f"{head}\n{'-' * len(head)}"
+    )
     for name, row in results.items():
         cells = [
-            f"{100 * mean(row[t], seen):>7.1f} / {100 * mean(row[t], held):>5.1f}" if t in row else f"{'':>16}"
+            " / ".join(f"{100 * v:5.1f}" for v in [mean(row[t], seen), *(row[t][h] for h in held)]) if t in row else ""
             for t in tasks
         ]
-        print(f"{name:<18}" + "".join(f"{c:>16}" for c in cells))
-    example = {t: PHRASINGS[t][n_test - 1] for t in tasks}
-    print("held-out phrasing(s): " + ", ".join(f"{t}: {p!r}" for t, p in example.items()))
+        print(f"{name:<18}" + "".join(f"{c:>{width}}" for c in cells))
+    for h in held:
+        print(f"held-out phrasing {h}: " + ", ".join(f"{t}: {PHRASINGS[t][int(h)]!r}" for t in tasks))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"root": str(world.root), "phrasings": [n_train, n_test], "held_out": held, "accuracy": results}
     args.out.write_text(json.dumps(payload, indent=2) + "\n")

@@ -70,7 +70,7 @@ def toy_build(
     root: Annotated[Path | None, typer.Option(help="Output directory (default: the content-hash cache dir).")] = None,
     force: Annotated[bool, typer.Option(help="Rebuild even if a finished build exists.")] = False,
     phrased: Annotated[
-        bool, typer.Option(help="The phrased world: several phrasings per task, one held out of training for test.")
+        bool, typer.Option(help="The phrased world: several phrasings per task, two held out of training for test.")
     ] = False,
 ) -> None:
     """Build (or reuse) the toy world and print its accuracy matrix (expert x task, test split)."""

@@ -155,22 +155,22 @@ def test_swarm_search(toy_world, tmp_path: Path) -> None:
 
 
 def test_phrasings(tmp_path: Path) -> None:
-    """On a tiny phrased build (seconds): every model and both chains scored per phrasing, the held-out one named."""
+    """On a tiny phrased build (seconds): every model and both chains scored per phrasing, the held-out ones named."""
     from dataclasses import replace
 
     from toyworld.build import build_toy_world
     from toyworld.model import ToyConfig
 
-    world = build_toy_world(tmp_path / "toy", config=replace(ToyConfig.tiny(), phrasings=(3, 4)), progress=False)
+    world = build_toy_world(tmp_path / "toy", config=replace(ToyConfig.tiny(), phrasings=(3, 5)), progress=False)
     res, stdout = bench("phrasings.py", tmp_path / "p.json", "--root", str(world.root))
-    assert res["phrasings"] == [3, 4] and res["held_out"] == ["3"]
+    assert res["phrasings"] == [3, 5] and res["held_out"] == ["3", "4"]
     acc = res["accuracy"]
     assert set(acc) == {*world.accuracy, "adder>reverser", "sorter>reverser"}
     assert set(acc["adder>reverser"]) == {"addrev"} and set(acc["sorter>reverser"]) == {"sortrev"}
     for row in acc.values():
         for cells in row.values():
-            assert set(cells) == {"0", "1", "2", "3", "all"} and all(0.0 <= v <= 1.0 for v in cells.values())
+            assert set(cells) == {"0", "1", "2", "3", "4", "all"} and all(0.0 <= v <= 1.0 for v in cells.values())
     # the overall score of a model is its build-time test accuracy (same greedy decoding, same questions)
     for name, row in world.accuracy.items():
         assert {t: acc[name][t]["all"] for t in row} == pytest.approx(row), name
-    assert "held-out phrasing(s)" in stdout
+    assert "held-out phrasing 3: " in stdout and "held-out phrasing 4: " in stdout

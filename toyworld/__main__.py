@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--phrased",
         action="store_true",
-        help="the phrased world (ToyConfig.phrased(): questions in several phrasings, one held out for test)",
+        help="the phrased world (ToyConfig.phrased(): questions in several phrasings, two held out for test)",
     )
     args = parser.parse_args(argv)
     config = ToyConfig.phrased() if args.phrased else None

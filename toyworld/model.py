@@ -139,9 +139,10 @@ class ToyConfig:
 
     @classmethod
     def phrased(cls) -> ToyConfig:
-        """The phrased world (issue 11): three phrasings in training and dev, a fourth (task words after the
-        arguments) only in test, so the first word no longer names the route."""
-        return replace(cls(), phrasings=(3, 4))
+        """The phrased world (issue 11): three phrasings in training and dev; test adds two held out of both (task
+        words after the arguments, and an unseen combination of seen words: ``toyworld.tasks.PHRASINGS``), so the
+        first word no longer names the route."""
+        return replace(cls(), phrasings=(3, 5))
 
     @classmethod
     def tiny(cls, steps: int = 3) -> ToyConfig:

@@ -154,17 +154,33 @@ def score_exact(prediction: str, answer: str) -> float:
 
 
 PHRASINGS: dict[str, tuple[str, ...]] = {
-    "add": ("add {x}", "sum {x}", "please add {x}", "{x} summed"),
-    "rev": ("rev {x}", "reverse {x}", "please rev {x}", "{x} backwards"),
-    "sort": ("sort {x}", "order {x}", "please sort {x}", "{x} sorted"),
-    "count": ("count {x}", "how many {x}", "please count {x}", "{x} counted"),
-    "addrev": ("addrev {x}", "sum {x} backwards", "please addrev {x}", "{x} summed backwards"),
-    "sortrev": ("sortrev {x}", "order {x} backwards", "please sortrev {x}", "{x} sorted backwards"),
+    "add": ("add {x}", "sum {x}", "please add {x}", "{x} summed", "please sum {x}"),
+    "rev": ("rev {x}", "reverse {x}", "please rev {x}", "{x} backwards", "please reverse {x}"),
+    "sort": ("sort {x}", "order {x}", "please sort {x}", "{x} sorted", "please order {x}"),
+    "count": ("count {x}", "how many {x}", "please count {x}", "{x} counted", "please how many {x}"),
+    "addrev": (
+        "addrev {x}",
+        "sum {x} backwards",
+        "please addrev {x}",
+        "{x} summed backwards",
+        "please sum {x} backwards",
+    ),
+    "sortrev": (
+        "sortrev {x}",
+        "order {x} backwards",
+        "please sortrev {x}",
+        "{x} sorted backwards",
+        "please order {x} backwards",
+    ),
 }
 """Task -> the phrasings of its questions, ``{x}`` standing for the arguments in canonical layout (``47 32``,
-``dbca``, ``a in abaca``: operands keep one layout, since the tiny adder fails to learn several). The first is the
-canonical ``<task> <args>``; the last puts the task words after the arguments, so a route cannot be read off the
-first word (it is the one ``ToyConfig.phrasings`` holds out of training in the phrased world)."""
+``dbca``, ``a in abaca``: operands keep one layout, since the tiny adder fails to learn several). Index 0 is the
+canonical ``<task> <args>``; 1 and 2 are a synonym and a polite prefix. The phrased world (``ToyConfig.phrased()``)
+trains on those three and holds the last two out for test, as two kinds of novelty:
+
+- 3 puts the task words after the arguments, a *layout* no training question has (the first word is an operand);
+- 4 joins the prefix of 2 to the synonym of 1, a *combination* of words every expert has seen, only never together
+  (``please sum 47 32``)."""
 _ARGUMENTS = {
     "add": r"\d+ \d+",
     "addrev": r"\d+ \d+",

@@ -162,7 +162,8 @@ def test_every_phrasing_parses_back_to_its_task_and_arguments(task: str) -> None
             assert payload(q) == payload(ex.question)
             if TASKS[task].intermediate is not None:
                 assert TASKS[task].intermediate(q) == TASKS[task].intermediate(ex.question)  # type: ignore[misc]
-    assert phrase("sortrev dbca", len(PHRASINGS["sortrev"]) - 1) == "dbca sorted backwards"
+    assert phrase("sortrev dbca", 3) == "dbca sorted backwards"
+    assert phrase("sortrev dbca", 4) == "please order dbca backwards"
 
 
 def test_phrasings_are_unambiguous() -> None:
@@ -172,6 +173,11 @@ def test_phrasings_are_unambiguous() -> None:
     assert parse("12 34 summed backwards") == ("addrev", "12 34")
     assert parse("rev add") == ("rev", "add") and parse("sort bad") == ("sort", "bad")
     assert parse("reverse dbca") == ("rev", "dbca") and parse("rev dbca") == ("rev", "dbca")
+    assert parse("please order dbca backwards") == ("sortrev", "dbca") and parse("please order dbca") == (
+        "sort",
+        "dbca",
+    )
+    assert parse("please sum 12 34 backwards") == ("addrev", "12 34") and parse("please sum 12 34") == ("add", "12 34")
     for bad in ("hello", "add 12", "sort DBCA", "dbca sorted sideways", ""):
         assert parse(bad) is None and task_of(bad) is None and phrasing_of(bad) is None
     with pytest.raises(ValueError, match="not a toy question"):
@@ -180,10 +186,11 @@ def test_phrasings_are_unambiguous() -> None:
     assert len(set(texts)) == len(texts)
 
 
-def test_phrased_world_holds_its_last_phrasing_out_of_training_and_dev() -> None:
-    """``ToyConfig.phrased()``: training and dev use three phrasings, test all four in equal shares; the held-out
-    one (task words after the arguments, so the first word is an operand) appears in no training or dev question.
-    Payloads stay held out as in the canonical world, and the canonical world is all first phrasings."""
+def test_phrased_world_holds_its_last_phrasings_out_of_training_and_dev() -> None:
+    """``ToyConfig.phrased()``: training and dev use three phrasings, test all five in equal shares; the held-out
+    ones (task words after the arguments; an unseen combination of words the training phrasings use) appear in no
+    training or dev question. Payloads stay held out as in the canonical world, and the canonical world is all first
+    phrasings."""
     from toyworld.build import make_datasets
     from toyworld.model import ToyConfig
 
@@ -196,6 +203,9 @@ def test_phrased_world_holds_its_last_phrasing_out_of_training_and_dev() -> None
         assert set(used["train"]) == set(used["dev"]) == set(range(n_train)), task
         assert sorted(used["test"].values()) == [config.test_size // n_test] * n_test, task
         assert all(_solve(f"{task} {arguments(e.question)}") == e.answer for e in splits["test"])
+        seen_words = {w for p in PHRASINGS[task][:n_train] for w in p.split()}
+        assert PHRASINGS[task][3].startswith("{x} ")  # a layout no training phrasing has
+        assert set(PHRASINGS[task][4].split()) <= seen_words  # only words training used, never together
     canonical = make_datasets(ToyConfig())
     assert all(phrasing_of(e.question) == 0 for t in canonical for s in canonical[t].values() for e in s)
     with pytest.raises(ValueError, match="phrasings"):

@@ -187,12 +187,12 @@ def test_a_phrased_build_trains_and_tests_on_its_phrasings(tmp_path: Path) -> No
     from gateway.spec import load_spec
     from toyworld.tasks import phrasing_of
 
-    config = replace(ToyConfig.tiny(), phrasings=(3, 4))
+    config = replace(ToyConfig.tiny(), phrasings=ToyConfig.phrased().phrasings)
     world = build_toy_world(tmp_path / "toy", config=config, progress=False)
     for task in TASKS:
         used = {
             split: {phrasing_of(e.question) for e in world.examples(task, split)} for split in ("train", "dev", "test")
         }
-        assert used == {"train": {0, 1, 2}, "dev": {0, 1, 2}, "test": {0, 1, 2, 3}}, task
+        assert used == {"train": {0, 1, 2}, "dev": {0, 1, 2}, "test": {0, 1, 2, 3, 4}}, task
     assert set(world.accuracy) == {"base", "adder", "reverser", "sorter", "counter", "gen-a", "gen-b", "gen-c", "big"}
     assert load_spec(world.spec_path).experts.keys() >= {"toy-adder", "toy-big"}
