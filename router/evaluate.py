@@ -7,6 +7,10 @@ classifier on the router's own encoder (``router.baselines``), and the oracle be
 quality any route within the router's full step limit reaches, at the lowest cost): an upper bound.
 
 An answer the engine cut at ``max_tokens`` (``router.cache.Truncated``) scores 0 everywhere here.
+
+Besides the table, every method's per-question outcome (route, quality, cost) is kept for error analysis and for
+breakdowns the table does not make (``episodes.jsonl``; e.g. ``benchmarks/phrasings.py --router-eval`` splits the
+router and its baselines by the toy world's phrasings).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class Episode:
     cost: float
     route: list[str]
     task: str = ""
+    question: str = ""
 
 
 @dataclass
@@ -49,9 +54,11 @@ class Row:
     calls: float
     n: int
     by_task: dict[str, float] = field(default_factory=dict)
+    episodes: list[Episode] = field(default_factory=list, repr=False)
+    """The per-question outcomes behind the row (not part of the table)."""
 
     def public(self, all_cost: float) -> dict[str, Any]:
-        out = asdict(self)
+        out = {k: v for k, v in asdict(self).items() if k != "episodes"}
         out["cost_vs_all"] = self.cost / all_cost if all_cost > 0 else None
         return out
 
@@ -72,7 +79,7 @@ def _walk(
         raw = answer_fn(e, example.question, answer)
         answer = raw.strip()
         cost += costs[e]
-    return Episode(quality_of(raw, example, scorer), cost, list(route), example.task)
+    return Episode(quality_of(raw, example, scorer), cost, list(route), example.task, example.question)
 
 
 def run_policy(
@@ -96,7 +103,7 @@ def run_policy(
         answer = raw.strip()
         spent += costs[d.name]
         route.append(d.name)
-    return Episode(quality_of(raw, example, scorer), spent, route, example.task)
+    return Episode(quality_of(raw, example, scorer), spent, route, example.task, example.question)
 
 
 def random_routes(
@@ -152,7 +159,7 @@ def run_oracle(
         for (a, cut), (c, r) in best.items()
     ]
     q, neg_cost, route = max(scored, key=lambda t: (t[0], t[1]))
-    return Episode(q, -neg_cost, route, example.task)
+    return Episode(q, -neg_cost, route, example.task, example.question)
 
 
 def _row(method: str, cost_weight: float | None, episodes: Sequence[Episode]) -> Row:
@@ -168,6 +175,7 @@ def _row(method: str, cost_weight: float | None, episodes: Sequence[Episode]) ->
         calls=sum(len(e.route) for e in episodes) / n,
         n=n,
         by_task={t: sum(v) / len(v) for t, v in sorted(tasks.items())},
+        episodes=list(episodes),
     )
 
 
@@ -252,6 +260,13 @@ def evaluate(
         "max_steps": limit,
         "policy": {"path": policy.path, "version": policy.version},
         "examples": len(examples),
+        # per question, every method but random (whose routes are drawn, five seeds per question)
+        "episodes": [
+            {"method": r.method, "cost_weight": r.cost_weight, **asdict(ep)}
+            for r in rows
+            if r.method != "random"
+            for ep in r.episodes
+        ],
     }
 
 
@@ -306,10 +321,21 @@ def markdown_table(report: dict[str, Any]) -> str:
 
 
 def write_report(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    """``table.md``, ``table.csv``, ``report.json`` and ``frontier.png`` in ``out_dir``."""
+    """``table.md``, ``table.csv``, ``report.json``, ``frontier.png`` and ``episodes.jsonl`` (one line per question
+    and method: method, cost_weight, question, task, route, quality, cost) in ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"md": out / "table.md", "csv": out / "table.csv", "json": out / "report.json", "png": out / "frontier.png"}
+    paths = {
+        "md": out / "table.md",
+        "csv": out / "table.csv",
+        "json": out / "report.json",
+        "png": out / "frontier.png",
+        "episodes": out / "episodes.jsonl",
+    }
+    with paths["episodes"].open("w") as fh:
+        for ep in report.get("episodes", []):
+            fh.write(json.dumps(ep) + "\n")
+    report = {k: v for k, v in report.items() if k != "episodes"}
     paths["md"].write_text(markdown_table(report))
     with paths["csv"].open("w", newline="") as fh:
         w = csv.writer(fh)

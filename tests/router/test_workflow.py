@@ -76,8 +76,22 @@ def test_train_then_eval_writes_policy_table_and_plot(world: RouterConfig) -> No
     assert oracle["quality"] == 1.0 and oracle["cost"] == pytest.approx((4 * 1 + 2 * 2) / 6)
     assert 0 < rows[("router", 0.05)]["calls"] <= 3
     assert report["best_single"]["method"] == "single:big"
-    for name in ("table.md", "table.csv", "report.json", "frontier.png"):
+    for name in ("table.md", "table.csv", "report.json", "frontier.png", "episodes.jsonl"):
         assert (Path(world.eval_dir) / "dev" / name).stat().st_size > 0
+    # per question: every method but random, each question once, averaging back to the table's row
+    lines = (Path(world.eval_dir) / "dev" / "episodes.jsonl").read_text().splitlines()
+    episodes = [json.loads(line) for line in lines]
+    questions = [x.question for x in load_split(world, "dev")]
+    assert "episodes" not in json.loads((Path(world.eval_dir) / "dev" / "report.json").read_text())
+    for key, row in rows.items():
+        mine = [e for e in episodes if (e["method"], e["cost_weight"]) == key]
+        if key[0] == "random":
+            assert not mine
+            continue
+        assert [e["question"] for e in mine] == questions, key
+        assert sum(e["quality"] for e in mine) / len(mine) == pytest.approx(row["quality"]), key
+        assert sum(e["cost"] for e in mine) / len(mine) == pytest.approx(row["cost"]), key
+    assert {tuple(e["route"]) for e in episodes if e["method"] == "single:big"} == {("big",)}
 
 
 def test_eval_refuses_uncollected_questions(world: RouterConfig, tmp_path: Path) -> None:
