@@ -6,9 +6,11 @@ scores every model of the build, and the two hand-wired chains, on the test spli
 cost of a phrasing no expert has seen is visible next to the seen ones. Greedy decoding on the transformers engine
 (the build's own evaluation): quality only, no timing.
 
-    .venv/bin/python benchmarks/phrasings.py [--root DIR] [--out runs/bench/phrasings.json]
+    .venv/bin/python benchmarks/phrasings.py [--root DIR] [--out runs/bench/phrasings.json] [--router-eval DIR]
 
-Prints a table and writes JSON.
+Prints a table and writes JSON. With ``--router-eval`` (a ``swarmgate router eval`` output folder on this world, e.g.
+``<eval_dir>/test``) it also splits the router (at the lambda dev selected) and its baselines by phrasing, from the
+eval's per-question ``episodes.jsonl``.
 """
 
 from __future__ import annotations
@@ -37,10 +39,49 @@ def score(preds: list[str], examples: list[Any]) -> dict[str, float]:
     return out
 
 
+def routing_by_phrasing(folder: Path, seen: list[str], held: list[str]) -> dict[str, Any]:
+    """Quality and cost of the router (at the lambda dev selected) and its baselines per phrasing group, read from
+    a router eval's ``episodes.jsonl``; prints a table."""
+    from toyworld.tasks import phrasing_of
+
+    report = json.loads((folder / "report.json").read_text())
+    chosen = report.get("selected_cost_weight")
+    groups = {"seen": seen, **{f"held-out {h}": [h] for h in held}, "all": [*seen, *held]}
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for line in (folder / "episodes.jsonl").read_text().splitlines():
+        ep = json.loads(line)
+        if ep["method"] == "router" and ep["cost_weight"] != chosen:
+            continue
+        method = f"router (lambda {chosen:g})" if ep["method"] == "router" else ep["method"]
+        k = str(phrasing_of(ep["question"]))
+        for group, members in groups.items():
+            if k in members:
+                cell = out.setdefault(method, {}).setdefault(group, {"n": 0, "quality": 0.0, "cost": 0.0})
+                cell["n"] += 1
+                cell["quality"] += ep["quality"]
+                cell["cost"] += ep["cost"]
+    for row in out.values():
+        for cell in row.values():
+            cell["quality"] /= cell["n"]
+            cell["cost"] /= cell["n"]
+    split = report.get("split", "?")
+    head = f"{'method':<22}" + "".join(f"{g:>18}" for g in groups)
+    print(f"\nrouting on {split} by phrasing ({folder}): quality @ cost\n{head}\n{'-' * len(head)}")
+    for method, row in out.items():
+        cells = [f"{row[g]['quality']:.3f} @ {row[g]['cost']:.2f}" if g in row else "" for g in groups]
+        print(f"{method:<22}" + "".join(f"{c:>18}" for c in cells))
+    n = {g: out[next(iter(out))][g]["n"] for g in groups if out and g in out[next(iter(out))]}
+    print("questions per group: " + ", ".join(f"{g} {c}" for g, c in n.items()))
+    return {"folder": str(folder), "split": split, "selected_cost_weight": chosen, "methods": out}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=None, help="a phrased build (default: build or reuse it)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench" / "phrasings.json")
+    parser.add_argument(
+        "--router-eval", type=Path, default=None, help="a router eval folder (episodes.jsonl) to split by phrasing"
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -100,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"held-out phrasing {h}: " + ", ".join(f"{t}: {PHRASINGS[t][int(h)]!r}" for t in tasks))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"root": str(world.root), "phrasings": [n_train, n_test], "held_out": held, "accuracy": results}
+    if args.router_eval:
+        payload["router_eval"] = routing_by_phrasing(args.router_eval, seen, held)
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0

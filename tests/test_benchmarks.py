@@ -160,9 +160,26 @@ def test_phrasings(tmp_path: Path) -> None:
 
     from toyworld.build import build_toy_world
     from toyworld.model import ToyConfig
+    from toyworld.tasks import phrasing_of
 
     world = build_toy_world(tmp_path / "toy", config=replace(ToyConfig.tiny(), phrasings=(3, 5)), progress=False)
-    res, stdout = bench("phrasings.py", tmp_path / "p.json", "--root", str(world.root))
+    # a router eval folder as `swarmgate router eval` writes it: the router at two lambdas (dev selected 0.1) and a
+    # baseline, each question once, quality 1 on the held-out combination phrasing (4) only, cost its phrasing index
+    questions = [e.question for t in ("add", "addrev") for e in world.examples(t, "test")]
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    (folder / "report.json").write_text(json.dumps({"split": "test", "selected_cost_weight": 0.1}))
+    (folder / "episodes.jsonl").write_text(
+        "".join(
+            json.dumps({"method": m, "cost_weight": w, "question": q, "quality": float(k == 4), "cost": float(k)})
+            + "\n"
+            for m, w in (("router", 0.1), ("router", 0.5), ("keyword", None))
+            for q in questions
+            for k in [phrasing_of(q)]
+        )
+    )
+    args = ("--root", str(world.root), "--router-eval", str(folder))
+    res, stdout = bench("phrasings.py", tmp_path / "p.json", *args)
     assert res["phrasings"] == [3, 5] and res["held_out"] == ["3", "4"]
     acc = res["accuracy"]
     assert set(acc) == {*world.accuracy, "adder>reverser", "sorter>reverser"}
@@ -174,3 +191,17 @@ def test_phrasings(tmp_path: Path) -> None:
     for name, row in world.accuracy.items():
         assert {t: acc[name][t]["all"] for t in row} == pytest.approx(row), name
     assert "held-out phrasing 3: " in stdout and "held-out phrasing 4: " in stdout
+    routing = res["router_eval"]
+    assert routing["split"] == "test" and routing["selected_cost_weight"] == 0.1
+    assert set(routing["methods"]) == {"router (lambda 0.1)", "keyword"}  # the unselected lambda is left out
+    count = [sum(phrasing_of(q) == k for q in questions) for k in range(5)]
+    assert all(count)  # test asks every phrasing
+    for row in routing["methods"].values():
+        assert set(row) == {"seen", "held-out 3", "held-out 4", "all"}
+        assert row["held-out 3"] == {"n": count[3], "quality": 0.0, "cost": 3.0}
+        assert row["held-out 4"] == {"n": count[4], "quality": 1.0, "cost": 4.0}
+        seen = sum(count[:3])
+        assert row["seen"]["n"] == seen and row["seen"]["quality"] == 0.0
+        assert row["seen"]["cost"] == pytest.approx((count[1] + 2 * count[2]) / seen)
+        assert row["all"]["n"] == len(questions) and row["all"]["quality"] == pytest.approx(count[4] / len(questions))
+    assert "routing on test by phrasing" in stdout
