@@ -34,7 +34,7 @@ endif
 toy: install
 	$(BIN)/swarmgate toy build
 
-# The toy world's ensembles (a searched swarmed expert, a DAG chosen on dev, a PPO router; ~5 min on 2 idle cores,
+# The toy world's ensembles (a swarmed expert and a DAG chosen on dev, a PPO router, a blend; 2-5 min on 2 cores,
 # cached under the toy world): `swarmgate serve` with no spec serves them beside the experts.
 ensembles: toy
 	$(BIN)/swarmgate toy ensembles

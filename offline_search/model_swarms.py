@@ -372,7 +372,8 @@ class ModelSwarms:
 
     async def _baselines(self, swarm: ParticleSwarm, expert_params: list[Params]) -> dict[str, Any]:
         """What the search must beat, chosen on dev and reported on test: the best particle of the initial swarm
-        (experts and their children, as scored in iteration 0) and the uniform average of the experts' weights."""
+        (experts and their children, as scored in iteration 0) and the uniform average of the experts' weights
+        (written to ``<output_dir>/uniform_average``, in the same form as ``best``)."""
         cfg, dev, test = self.cfg, self.p.splits.dev, self.p.splits.test
         rng = np.random.default_rng([cfg.seed, 1])  # the same draw as the search's start: the same children
         low, high = cfg.child_weight_range
@@ -401,7 +402,17 @@ class ModelSwarms:
         r_dev, _ = await score_expert(self.generator, h, dev, cfg.generation, self.utility)
         r_test, _ = await score_expert(self.generator, h, test, cfg.generation, self.utility)
         await self._release(h, d)
-        out["uniform_average"] = {"dev": r_dev.value, "test": r_test.value, "test_per_task": r_test.per_task}
+        # kept beside ``best`` (particles/ may be removed): servable in its place where it scores higher on dev
+        kept = self.out / "uniform_average"
+        if kept.exists():
+            shutil.rmtree(kept)
+        shutil.copytree(d, kept)
+        out["uniform_average"] = {
+            "dir": str(kept.resolve()),
+            "dev": r_dev.value,
+            "test": r_test.value,
+            "test_per_task": r_test.per_task,
+        }
         return out
 
     def _merge(self, best_dir: Path) -> Path:

@@ -51,6 +51,29 @@ def test_dev_selects_a_hand_wired_chain_over_a_weaker_searched_dag(toy_world, tm
     assert kept["topology"] == "/searched.json"
 
 
+def test_dev_selects_the_uniform_average_over_a_weaker_searched_particle() -> None:
+    def snippet() -> dict:
+        entry = {"kind": "expert", "model": "/base", "adapter": "/swarm/best", "description": "Model Swarms"}
+        return {"ensembles": {"toy-swarm": entry}}
+
+    summary = {
+        "best": {"dev": 0.333},
+        "experts": {"toy-adder": {}, "toy-sorter": {}},
+        "baselines": {"uniform_average": {"dir": "/swarm/uniform_average", "dev": 0.455, "test": 0.41}},
+    }
+    got = ens._dev_selected_swarm(snippet(), summary)["toy-swarm"]
+    assert got["adapter"] == "/swarm/uniform_average" and got["model"] == "/base"
+    assert "uniform average of the weights of toy-adder, toy-sorter" in got["description"]
+    assert "(0.455 vs 0.333)" in got["description"]
+    summary["best"]["dev"] = 0.5
+    kept = ens._dev_selected_swarm(snippet(), summary)["toy-swarm"]
+    assert kept["adapter"] == "/swarm/best" and kept["description"] == "Model Swarms; dev 0.500"
+    # a full-weight swarm (no adapter) serves the averaged checkpoint as its model
+    full = {"ensembles": {"toy-swarm": {"kind": "expert", "model": "/swarm/best"}}}
+    summary["best"]["dev"] = 0.1
+    assert ens._dev_selected_swarm(full, summary)["toy-swarm"]["model"] == "/swarm/uniform_average"
+
+
 @pytest.mark.slow
 def test_built_ensembles_are_served_and_answer_a_composed_question(toy_world) -> None:
     import openai

@@ -92,6 +92,10 @@ async def test_search_summaries_report_their_baselines(toy_world, tmp_path: Path
     b = s["baselines"]
     assert 0 <= b["best_initial_particle"]["index"] < 5 and "test" in b["uniform_average"]
     assert b["best_initial_particle"]["dev"] <= s["best"]["dev"]  # the search's best includes the initial swarm
+    uniform = Path(b["uniform_average"]["dir"])  # servable like `best`: an adapter of the same shape
+    assert uniform == (tmp_path / "swarm" / "uniform_average").resolve() and {p.name for p in uniform.iterdir()} == {
+        p.name for p in Path(s["best"]["dir"]).iterdir()
+    }
     assert s["best"]["found_at_iteration"] is not None
     p = config("graph", weight_step={"iterations": 0})
     g = (await run_graph_search(prepare(load_graph_config(p), p), progress=False)).summary
