@@ -116,14 +116,16 @@ def test_json_object_mask_beats_logit_bias(engine: Any) -> None:
 
 def test_engine_fields_change_the_output(engine: Any) -> None:
     eng, _ = engine
+    # big's own answer, whatever it is: big gets 15-20% of sums right, and a build on another machine can answer 44
+    # where the last answered 46. What each field changes is checked against it.
     plain = run(engine, PROMPT, GREEDY)
-    assert plain.text == "46" and plain.finish_reason == "stop"
+    assert plain.text.isdigit() and plain.finish_reason == "stop"
     seven = eng.tokenizer.convert_tokens_to_ids("7")
     assert run(engine, PROMPT, SamplingParams(max_tokens=4, temperature=0.0, logit_bias=((seven, 100.0),))).text == (
         "7777"
     )
     long = run(engine, PROMPT, SamplingParams(max_tokens=6, temperature=0.0, min_tokens=6))
-    assert long.completion_tokens == 6 and long.text.startswith("46")
+    assert long.completion_tokens == 6 and long.text.startswith(plain.text)
     past = run(engine, PROMPT, SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True))
     assert past.completion_tokens == 6 and past.finish_reason == "length"
 

@@ -70,7 +70,8 @@ def test_sampling_fields_on_vllm(client: openai.OpenAI) -> None:
     def ask(**kw: Any) -> Any:
         return client.completions.create(model="big", prompt="Q: add 12 34\nA: ", temperature=0, **kw)
 
-    assert ask(max_tokens=8).choices[0].text == "46"
+    plain = ask(max_tokens=8).choices[0]  # big's answer (46 on most builds; big gets 15-20% of sums right)
+    assert plain.text.isdigit() and plain.finish_reason == "stop"
     assert ask(max_tokens=4, logit_bias={"28": 100}).choices[0].text == "7777"
     assert ask(max_tokens=6, extra_body={"ignore_eos": True}).usage.completion_tokens == 6
     assert ask(max_tokens=6, extra_body={"min_tokens": 5}).usage.completion_tokens >= 5
