@@ -70,8 +70,8 @@ def routing_by_phrasing(folder: Path, seen: list[str], held: list[str]) -> dict[
     for method, row in out.items():
         cells = [f"{row[g]['quality']:.3f} @ {row[g]['cost']:.2f}" if g in row else "" for g in groups]
         print(f"{method:<22}" + "".join(f"{c:>18}" for c in cells))
-    n = {g: out[next(iter(out))][g]["n"] for g in groups if out and g in out[next(iter(out))]}
-    print("questions per group: " + ", ".join(f"{g} {c}" for g, c in n.items()))
+    first = next(iter(out.values()), {})  # every method answers the same questions
+    print("questions per group: " + ", ".join(f"{g} {first[g]['n']}" for g in groups if g in first))
     return {"folder": str(folder), "split": split, "selected_cost_weight": chosen, "methods": out}
 
 

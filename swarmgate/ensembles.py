@@ -142,7 +142,6 @@ def _dev_selected_swarm(snippet: dict[str, Any], summary: dict[str, Any]) -> dic
     if uniform is None or "dir" not in uniform or uniform["dev"] <= best:
         entry["description"] = f"{entry.get('description', '')}; dev {best:.3f}".strip("; ")
         return {name: entry}
-    entry = dict(entry)
     entry["adapter" if "adapter" in entry else "model"] = uniform["dir"]
     experts = ", ".join(summary.get("experts") or {})
     entry["description"] = (
