@@ -50,7 +50,7 @@ DESCRIPTIONS = {
     "reverser": "toy LoRA specialist: string reversal; reverses a previous answer (P:) for addrev/sortrev",
     "sorter": "toy LoRA specialist: letter sorting; answers the first step of sortrev",
     "counter": "toy LoRA specialist: letter counting",
-    "big": "toy generalist: larger full-weight Llama trained on all four skills; the best of the router's experts, costs 4x",
+    "big": "toy generalist: larger full-weight Llama trained on all four skills, then mostly on counting; the best counter (toy-counter is the cheap one), costs 4x",
     "gen-a": "toy LoRA generalist: all four skills, leaning to addition; imperfect, its errors differ from gen-b/c's",
     "gen-b": "toy LoRA generalist: all four skills, leaning to reversal; imperfect, its errors differ from gen-a/c's",
     "gen-c": "toy LoRA generalist: all four skills, leaning to sorting; imperfect, its errors differ from gen-a/b's",
@@ -392,6 +392,14 @@ def _job_big(out: str, config: ToyConfig, progress: bool) -> tuple[str, dict[str
         desc="big",
         progress=progress,
         callback=stop,
+    )
+    train(  # second phase, no early stop: count-heavy, so that counting has a cheap route and a dearer, better one
+        model,
+        big_mixture(pools, config.p_fraction, config.big_count_weights),
+        config.big_count_train,
+        seed=config.seed + 302,
+        desc="big (counting)",
+        progress=progress,
     )
     _save_full(model, Path(out) / "big")
     return "big", _evaluate(model, data, config)

@@ -88,6 +88,18 @@ def test_specialisation(toy_world: ToyWorld) -> None:
     assert all(_skills_mean(acc["big"]) > _skills_mean(acc[n]) for n in EXPERTS), "big: best single expert on skills"
 
 
+def test_counting_has_a_cheap_route_and_a_dearer_better_one(toy_world: ToyWorld) -> None:
+    """The cost-quality family (issue 11): the counter (cost 1) counts well, big (cost 4) better, so whether big is
+    worth its cost for a counting question depends on lambda. Every other skill has a specialist that beats big."""
+    from gateway.spec import load_spec
+
+    acc, spec = toy_world.accuracy, load_spec(toy_world.spec_path)
+    assert spec.experts["toy-big"].cost > spec.experts["toy-counter"].cost
+    assert acc["counter"]["count"] >= 0.5 and acc["big"]["count"] >= acc["counter"]["count"] + 0.05, acc
+    for skill in ("add", "rev", "sort"):
+        assert acc[EXPERT_NAMES[skill]][skill] > acc["big"][skill], (skill, acc)
+
+
 def test_generalists_lean_to_different_skills(toy_world: ToyWorld) -> None:
     """Each LoRA generalist is the best of the three at the skill it leans to, and none is good at everything: their errors
     differ, which is what a token-level blend of them needs (issue 7)."""
