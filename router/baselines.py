@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,6 +56,19 @@ class KeywordRouter:
         if bad:
             raise ValueError(f"baselines.keyword_default: unknown experts {bad}")
         return cls(tuple(rules), default)
+
+    def upgraded(self, swaps: Mapping[str, str], experts: Sequence[str]) -> KeywordRouter:
+        """The same rules with every expert in ``swaps`` replaced by its value (``baselines.keyword_upgrades``)."""
+        if not isinstance(swaps, Mapping):
+            raise ValueError("baselines.keyword_upgrades: expected a mapping {expert: dearer expert}")
+        bad = sorted(e for pair in swaps.items() for e in pair if e not in set(experts))
+        if bad:
+            raise ValueError(f"baselines.keyword_upgrades: unknown experts {bad}")
+
+        def swap(route: tuple[str, ...]) -> tuple[str, ...]:
+            return tuple(swaps.get(e, e) for e in route)
+
+        return KeywordRouter(tuple((groups, swap(route)) for groups, route in self.rules), swap(self.default))
 
     def route(self, question: str) -> list[str]:
         words = _WORD.findall(question.lower())

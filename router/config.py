@@ -218,6 +218,9 @@ class BaselineConfig:
     """Keyword/rule router, first matching rule wins (empty: no keyword baseline)."""
     keyword_default: tuple[str, ...] = ()
     """Route when no rule matches (empty: the cheapest expert)."""
+    keyword_upgrades: dict[str, str] = field(default_factory=dict)
+    """A second keyword baseline, ``keyword+``: the same rules with each listed expert swapped for another (the toy:
+    the counter for big, the dearer and better counter), the keyword router at the quality end of the frontier."""
     random_seeds: int = 5
     """Random-routing baseline: routes drawn per question and seed."""
     classifier_epochs: int = 300

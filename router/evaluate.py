@@ -199,6 +199,7 @@ def evaluate(
     random_seeds: int = 5,
     seed: int = 0,
     keyword: KeywordRouter | None = None,
+    keyword_plus: KeywordRouter | None = None,
     classifier: RouteClassifier | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -223,10 +224,11 @@ def evaluate(
     rows.append(_row("random", None, rand))
     rows.append(_row("all-experts", None, [_walk(x, experts, costs, answer_fn, scorer) for x in examples]))
     routes: dict[str, dict[str, int]] = {}
-    if keyword is not None:
-        eps = [_walk(x, keyword.route(x.question), costs, answer_fn, scorer) for x in examples]
-        rows.append(_row("keyword", None, eps))
-        routes["keyword"] = route_counts(eps)
+    for name, rule_router in (("keyword", keyword), ("keyword+", keyword_plus)):
+        if rule_router is not None:
+            eps = [_walk(x, rule_router.route(x.question), costs, answer_fn, scorer) for x in examples]
+            rows.append(_row(name, None, eps))
+            routes[name] = route_counts(eps)
     if classifier is not None:
         vecs = policy.encoder.encode([x.question for x in examples])
         eps = [_walk(x, classifier.route(v), costs, answer_fn, scorer) for x, v in zip(examples, vecs, strict=True)]
@@ -276,15 +278,17 @@ def targets(rows: Sequence[Row]) -> dict[str, Any]:
     by = {r.method: r for r in rows}
     router = sorted((r for r in rows if r.method == "router"), key=lambda r: r.cost_weight or 0.0)
     out: dict[str, Any] = {}
-    kw, oracle, clf = by.get("keyword"), by.get("oracle"), by.get("classifier")
-    if kw is not None:
-        out["beats_keyword_at"] = [
-            r.cost_weight for r in router if r.quality >= kw.quality - 1e-9 and r.cost <= kw.cost + 1e-9
-        ]
-    if clf is not None:
-        out["beats_classifier_at"] = [
-            r.cost_weight for r in router if r.quality >= clf.quality - 1e-9 and r.cost <= clf.cost + 1e-9
-        ]
+    oracle = by.get("oracle")
+    for name, key in (
+        ("keyword", "beats_keyword_at"),
+        ("keyword+", "beats_keyword_plus_at"),
+        ("classifier", "beats_classifier_at"),
+    ):
+        base = by.get(name)
+        if base is not None:
+            out[key] = [
+                r.cost_weight for r in router if r.quality >= base.quality - 1e-9 and r.cost <= base.cost + 1e-9
+            ]
     if oracle is not None:
         out["near_oracle_at"] = [
             r.cost_weight for r in router if r.quality >= oracle.quality - 0.05 and r.cost <= 1.2 * oracle.cost + 1e-9
@@ -364,6 +368,7 @@ def plot_frontier(report: dict[str, Any], path: str | Path) -> None:
         "all-experts": ("s", "tab:red"),
         "oracle": ("*", "tab:green"),
         "keyword": ("D", "tab:purple"),
+        "keyword+": ("d", "tab:pink"),
         "classifier": ("P", "tab:brown"),
     }
     singles = [r for r in rows if r["method"].startswith("single:")]

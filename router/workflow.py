@@ -296,6 +296,8 @@ def evaluate_policy(
             f"`swarmgate router collect --split {split}` first (or eval with --collect)"
         )
     keyword = KeywordRouter.from_config(cfg.baselines, policy.experts, policy.costs)
+    upgrades = cfg.baselines.keyword_upgrades
+    keyword_plus = keyword.upgraded(upgrades, policy.experts) if keyword is not None and upgrades else None
     classifier = route_classifier(cfg, policy, say=say)
     report = evaluate(
         policy,
@@ -307,6 +309,7 @@ def evaluate_policy(
         random_seeds=cfg.baselines.random_seeds,
         seed=cfg.train.seed,
         keyword=keyword,
+        keyword_plus=keyword_plus,
         classifier=classifier,
     )
     report["split"] = split

@@ -41,6 +41,11 @@ def test_keyword_router_first_matching_rule_wins() -> None:
     assert kw.route("rev abc") == ["reverser"]
     assert kw.route("reverse abc") == ["big"]  # "rev" (no star) matches the whole word only
     assert kw.route("sort dcba") == ["big"]
+    plus = kw.upgraded({"adder": "big"}, EXPERTS)  # keyword+: the same rules, a dearer expert swapped in
+    assert plus.route("addrev 12 34") == ["big", "reverser"] and plus.route("rev abc") == ["reverser"]
+    assert plus.route("sort dcba") == ["big"] and kw.route("add 1 2") == ["adder"]
+    with pytest.raises(ValueError, match="unknown experts \\['nobody'\\]"):
+        kw.upgraded({"adder": "nobody"}, EXPERTS)
     assert KeywordRouter.from_config(BaselineConfig(), EXPERTS, COSTS) is None
     bad = BaselineConfig(keyword_rules=(KeywordRule(when=("x",), route=("nobody",)),))
     with pytest.raises(ValueError, match="unknown: \\['nobody'\\]"):
@@ -97,7 +102,7 @@ async def world(tmp_path: Path) -> RouterConfig:
 
     train, dev, test = make_examples(3, seed=0), make_examples(2, seed=1), make_examples(2, seed=2)
     write_dataset(tmp_path, {"train": train, "dev": dev, "test": test})
-    cfg = small_config(tmp_path, baselines=RULES)
+    cfg = small_config(tmp_path, baselines=dataclasses.replace(RULES, keyword_upgrades={"adder": "big"}))
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dir=str(tmp_path / "data")))
     await fill_cache(cfg, train + dev + test)
     return cfg
@@ -114,7 +119,8 @@ def test_eval_selects_on_dev_and_reports_test_only_with_final(world: RouterConfi
     dev = evaluate_policy(world, say=lambda _m: None)
     assert dev["split"] == "dev" and dev["selected_cost_weight"] in (0.0, 1.0)
     methods = {r["method"] for r in dev["rows"]}
-    assert {"keyword", "classifier", "oracle", "random", "all-experts"} <= methods
+    assert {"keyword", "keyword+", "classifier", "oracle", "random", "all-experts"} <= methods
+    assert "beats_keyword_plus_at" in dev["targets"]
     final = evaluate_policy(world, final=True, say=msgs.append)
     assert final["selected_cost_weight"] == dev["selected_cost_weight"] and final["selected_on"] == "dev"
     assert any("already holds a test report" in m for m in msgs)
