@@ -108,8 +108,8 @@ class ToyConfig:
     big_count_train: TrainSchedule = field(
         default_factory=lambda: TrainSchedule(steps=300, lr=1e-3, warmup=20)
     )  # big's second phase, from its first-phase weights: it makes big the better (and 4x dearer) counter, the toy
-    # world's cost-quality family (issue 11): 86% on test counting against the counter's 70.5% (97% against 90% on
-    # the string lengths training covers), while add/rev/sort rose too. Trained in one phase from scratch, a
+    # world's cost-quality family (issue 11): 86% on test counting against the counter's 70.5% (96% against 85% on
+    # the string lengths training covers, 5-8), while add/rev/sort rose too. Trained in one phase from scratch, a
     # count-heavy mixture was unstable (27-79.5% on test counting over three seeds)
     experts: tuple[ExpertRecipe, ...] = (
         ExpertRecipe("rev", second_step_of=("addrev", "sortrev")),
