@@ -205,3 +205,29 @@ def test_phrasings(tmp_path: Path) -> None:
         assert row["seen"]["cost"] == pytest.approx((count[1] + 2 * count[2]) / seen)
         assert row["all"]["n"] == len(questions) and row["all"]["quality"] == pytest.approx(count[4] / len(questions))
     assert "routing on test by phrasing" in stdout
+
+
+def test_lengths(tmp_path: Path) -> None:
+    """On a tiny build (seconds): per length, the training questions and each model's right/asked on dev and test
+    add up to the splits, and match what the build's data files hold."""
+    from collections import Counter
+
+    from toyworld.build import build_toy_world
+    from toyworld.model import ToyConfig
+
+    world = build_toy_world(tmp_path / "toy", config=ToyConfig.tiny(), progress=False)
+    res, stdout = bench("lengths.py", tmp_path / "l.json", "--root", str(world.root), "--tasks", "count", "add")
+
+    def lengths(task: str, split: str) -> dict[str, int]:  # `count a in abab`: 4 letters; `add 12 345`: 5 digits
+        words = [e.question.split() for e in world.examples(task, split)]
+        return dict(Counter(str(len(w[-1]) if task == "count" else len(w[1] + w[2])) for w in words))
+
+    for task in ("count", "add"):
+        got = res["tasks"][task]
+        assert {k: v for k, v in got["train_questions"].items() if v} == lengths(task, "train")
+        for split in ("dev", "test"):
+            for model in ("counter", "big"):
+                cells = got["splits"][split][model]
+                assert {k: c[1] for k, c in cells.items() if c[1]} == lengths(task, split)
+                assert all(0 <= right <= asked for right, asked in cells.values())
+    assert "count: exact match by length" in stdout
