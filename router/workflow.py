@@ -204,7 +204,7 @@ def train_on(
         )
     if not ok:
         raise ValueError(f"no question in {cfg.cache} has its answers cached: run `swarmgate router collect` first")
-    encoder = encoder_from_config(cfg.encoder)
+    encoder = encoder_from_config(cfg.encoder, [ex.question for ex in ok])
     scorer = scorer if scorer is not None else build_scorer(cfg.scorer)
     path = train_and_publish(
         cfg,

