@@ -205,6 +205,17 @@ def train_on(
     if not ok:
         raise ValueError(f"no question in {cfg.cache} has its answers cached: run `swarmgate router collect` first")
     encoder = encoder_from_config(cfg.encoder, [ex.question for ex in ok])
+    vocab = encoder.describe().get("vocab")
+    if vocab is not None:
+        n = cfg.encoder.vocab_min_questions
+        shown = " ".join(vocab[:20]) + (" ..." if len(vocab) > 20 else "")
+        say(
+            f"encoder: {len(vocab)} words in >= {n} training questions keep their spelling ({shown}); other words are"
+            " read by their shape"
+            if vocab
+            else f"warning: no word is in {n} training questions, so every word is read by its shape: lower"
+            " encoder.vocab_min_questions or train on more questions"
+        )
     scorer = scorer if scorer is not None else build_scorer(cfg.scorer)
     path = train_and_publish(
         cfg,

@@ -106,7 +106,9 @@ def test_a_vocabulary_policy_carries_its_vocabulary_to_serving(world: RouterConf
     """``encoder.vocab_min_questions``: the vocabulary comes from the training questions, travels in policy.json,
     and the served policy reads payloads by their shape, so it cannot tell two training strings of one length apart."""
     cfg = dataclasses.replace(world, encoder=dataclasses.replace(world.encoder, vocab_min_questions=3))
-    train_on(cfg, load_split(cfg, "train"), say=lambda _m: None)
+    said: list[str] = []
+    train_on(cfg, load_split(cfg, "train"), say=said.append)
+    assert any(m.startswith("encoder: ") and "addrev" in m and "by their shape" in m for m in said)
     policy = load_policy(cfg.policy_dir)
     vocab = policy.meta["encoder"]["vocab"]
     assert set(TASKS) <= set(vocab) and "in" in vocab  # every task word and the counting filler word
@@ -117,6 +119,10 @@ def test_a_vocabulary_policy_carries_its_vocabulary_to_serving(world: RouterConf
     assert np.allclose(*policy.encoder.encode(same[:2]))
     report = evaluate_policy(cfg, cost_weights=[0.05], say=lambda _m: None)
     assert any(r["method"] == "router" for r in report["rows"])
+    blind = dataclasses.replace(cfg, encoder=dataclasses.replace(cfg.encoder, vocab_min_questions=1000))
+    said.clear()
+    train_on(blind, load_split(blind, "train"), say=said.append)
+    assert any("no word is in 1000 training questions" in m for m in said)
 
 
 def test_cli_train_and_eval_from_a_yaml_config(world: RouterConfig, tmp_path: Path) -> None:
