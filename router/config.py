@@ -402,6 +402,8 @@ def _check(cfg: RouterConfig, where: str) -> None:
         raise ConfigError(f"{where}: encoder.dim: use at least 8 buckets")
     if cfg.encoder.vocab_min_questions < 0:
         raise ConfigError(f"{where}: encoder.vocab_min_questions: give 0 (off) or a count of questions")
+    if cfg.encoder.vocab_min_questions and cfg.encoder.kind != "hashed":
+        raise ConfigError(f"{where}: encoder.vocab_min_questions: only the hashed encoder reads words by their shape")
 
 
 def to_dict(obj: Any) -> Any:

@@ -149,6 +149,12 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump({"ktp_template": "no placeholders"}))
     r = CliRunner().invoke(app, ["train", "--config", str(path)])
     assert r.exit_code != 0 and "must contain {question}" in r.output
+    path.write_text(yaml.safe_dump({"encoder": {"kind": "sentence", "vocab_min_questions": 5}}))
+    r = CliRunner().invoke(app, ["train", "--config", str(path)])
+    assert r.exit_code != 0 and "only the hashed encoder reads words by their shape" in r.output
+    path.write_text(yaml.safe_dump({"encoder": {"vocab_min_questions": -1}}))
+    r = CliRunner().invoke(app, ["train", "--config", str(path)])
+    assert r.exit_code != 0 and "encoder.vocab_min_questions: give 0 (off)" in r.output
 
 
 def log_line(question: str, route: list[tuple[str, str]], final: str, **over: object) -> str:
