@@ -46,9 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    from transformers import LlamaForCausalLM
 
-    from toyworld.build import ToyWorld, _load_expert, build_toy_world
+    from benchmarks.phrasings import load_model
+    from toyworld.build import ToyWorld, build_toy_world
     from toyworld.format import render
     from toyworld.tasks import score_exact
     from toyworld.train import greedy
@@ -57,12 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     config = json.loads((world.root / "toyworld.json").read_text())["config"]
     kw = {"max_new_tokens": config["max_new_tokens"], "batch_size": config["eval_batch"]}
     torch.set_num_threads(max(1, (os.cpu_count() or 1)))
-    models = {
-        name: LlamaForCausalLM.from_pretrained(str(world.root / name), dtype=torch.float32)
-        if name in ("base", "big")
-        else _load_expert(world.root, name)
-        for name in args.models
-    }
+    models = {name: load_model(world.root, name) for name in args.models}
     result: dict[str, Any] = {}
     for task in args.tasks:
         train = Counter(length_of(e.question) for e in world.examples(task, "train"))

@@ -75,6 +75,19 @@ def routing_by_phrasing(folder: Path, seen: list[str], held: list[str]) -> dict[
     return {"folder": str(folder), "split": split, "selected_cost_weight": chosen, "methods": out}
 
 
+def load_model(root: Path, name: str) -> Any:
+    """A toy model of the build at ``root`` by name: ``base`` and ``big`` are full checkpoints, every other model is
+    the base with its adapter merged in (for greedy evaluation)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from toyworld.build import _load_expert
+
+    if name in ("base", "big"):
+        return LlamaForCausalLM.from_pretrained(str(root / name), dtype=torch.float32)
+    return _load_expert(root, name)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=None, help="a phrased build (default: build or reuse it)")
@@ -85,9 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    from transformers import LlamaForCausalLM
 
-    from toyworld.build import CHAINS, EXPERTS, GENERALISTS, ToyWorld, _load_expert, build_toy_world
+    from toyworld.build import CHAINS, EXPERTS, GENERALISTS, ToyWorld, build_toy_world
     from toyworld.format import render
     from toyworld.model import ToyConfig
     from toyworld.tasks import COMPOSED, PHRASINGS, SKILLS
@@ -101,15 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     kw = {"max_new_tokens": config["max_new_tokens"], "batch_size": config["eval_batch"]}
     torch.set_num_threads(max(1, (os.cpu_count() or 1)))
 
-    def load(name: str) -> Any:
-        if name in ("base", "big"):
-            return LlamaForCausalLM.from_pretrained(str(world.root / name), dtype=torch.float32)
-        return _load_expert(world.root, name)
-
     results: dict[str, dict[str, dict[str, float]]] = {}
     models: dict[str, Any] = {}
     for name in ("base", *EXPERTS, *GENERALISTS, "big"):
-        models[name] = load(name)
+        models[name] = load_model(world.root, name)
         results[name] = {
             t: score(greedy(models[name], [render(e.question) for e in data[t]], **kw), data[t]) for t in tasks
         }
