@@ -88,11 +88,15 @@ def print_swarm_report(s: dict[str, Any]) -> None:
         rows.append(("best initial particle", b["best_initial_particle"]["dev"], b["best_initial_particle"]["test"]))
     if "uniform_average" in b:
         rows.append(("uniform average of experts", b["uniform_average"]["dev"], b["uniform_average"]["test"]))
+    if "random_search" in b:
+        r = b["random_search"]
+        rows.append((f"random search ({r['evaluations']} particles)", r["dev"], r["test"]))
     typer.echo(_table(rows))
     typer.echo(
         f"best found at iteration {s['best'].get('found_at_iteration')}; relative test gain vs best initial particle: "
         f"{_pct(s.get('test_relative_gain_vs_best_initial_particle'))}, vs uniform average: "
-        f"{_pct(s.get('test_relative_gain_vs_uniform_average'))}"
+        f"{_pct(s.get('test_relative_gain_vs_uniform_average'))}, vs random search: "
+        f"{_pct(s.get('test_relative_gain_vs_random_search'))}"
     )
 
 

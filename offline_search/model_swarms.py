@@ -230,9 +230,7 @@ class ModelSwarms:
                     "start",
                     phase="swarm",
                     experts=[e.name for e in self.p.experts],
-                    children=[
-                        {**o, "a": self.p.experts[o["a"]].name, "b": self.p.experts[o["b"]].name} for o in origin
-                    ],
+                    children=[self._provenance(o) for o in origin],
                     config=cfg.model_dump(),
                     dev_examples=len(self.p.splits.dev),
                     test_examples=len(self.p.splits.test),
@@ -323,6 +321,7 @@ class ModelSwarms:
             "test_relative_gain_vs_uniform_average": relative_gain(
                 best_test.value, baselines["uniform_average"]["test"]
             ),
+            "test_relative_gain_vs_random_search": relative_gain(best_test.value, baselines["random_search"]["test"]),
             "iterations": swarm.iteration,
             "stop_reason": swarm.stop_reason,
             "utility_evaluations": self.evaluations,
@@ -348,6 +347,7 @@ class ModelSwarms:
                     else {}
                 ),
                 "uniform average": baselines["uniform_average"]["dev"],
+                f"random search ({baselines['random_search']['evaluations']})": baselines["random_search"]["dev"],
             },
         )
         base = self.p.experts[0]
@@ -372,8 +372,9 @@ class ModelSwarms:
 
     async def _baselines(self, swarm: ParticleSwarm, expert_params: list[Params]) -> dict[str, Any]:
         """What the search must beat, chosen on dev and reported on test: the best particle of the initial swarm
-        (experts and their children, as scored in iteration 0) and the uniform average of the experts' weights
-        (written to ``<output_dir>/uniform_average``, in the same form as ``best``)."""
+        (experts and their children, as scored in iteration 0), random search at the same budget
+        (``_random_search``) and the uniform average of the experts' weights (written to
+        ``<output_dir>/uniform_average``, in the same form as ``best``)."""
         cfg, dev, test = self.cfg, self.p.splits.dev, self.p.splits.test
         rng = np.random.default_rng([cfg.seed, 1])  # the same draw as the search's start: the same children
         low, high = cfg.child_weight_range
@@ -389,14 +390,10 @@ class ModelSwarms:
             h, d = await self._handle(initial[i0])
             r, _ = await score_expert(self.generator, h, test, cfg.generation, self.utility)
             await self._release(h, d)
-            who = (
-                self.p.experts[i0].name
-                if i0 < len(expert_params)
-                else {**origin[i0 - len(expert_params)], "kind": "child"}
-            )
-            if isinstance(who, dict):
-                who = {**who, "a": self.p.experts[who["a"]].name, "b": self.p.experts[who["b"]].name}
+            n = len(expert_params)
+            who = self.p.experts[i0].name if i0 < n else self._provenance(origin[i0 - n])
             out["best_initial_particle"] = {"index": i0, "particle": who, "dev": u0, "test": r.value}
+        out["random_search"] = await self._random_search(expert_params)
         avg = {k: sum(x[k] for x in expert_params) / len(expert_params) for k in expert_params[0]}  # type: ignore[index]
         h, d = await self._handle(avg)
         r_dev, _ = await score_expert(self.generator, h, dev, cfg.generation, self.utility)
@@ -414,6 +411,45 @@ class ModelSwarms:
             "test_per_task": r_test.per_task,
         }
         return out
+
+    async def _random_search(self, expert_params: list[Params]) -> dict[str, Any]:
+        """Random search at the search's budget: the initial swarm drawn larger, with no PSO moves. As many particles
+        as the search scored (``utility_evaluations``): the experts, then children drawn as the initial swarm's are
+        (the same generator, so its first children *are* the initial swarm's), made and scored one batch at a time
+        (a swarm's worth). The best on dev is scored on test; ``dev_all`` keeps every draw's dev utility, in order."""
+        cfg, dev, test = self.cfg, self.p.splits.dev, self.p.splits.test
+        budget = max(self.evaluations, len(expert_params))
+        rng = np.random.default_rng([cfg.seed, 1])
+        low, high = cfg.child_weight_range
+        best: tuple[float, Params, Any] | None = None
+        scores: list[float] = []
+        for start in range(0, budget, cfg.swarm_size):
+            size = min(cfg.swarm_size, budget - start)
+            experts = [(x, e.name) for x, e in zip(expert_params, self.p.experts, strict=True)][start : start + size]
+            children, origin = interpolate_children(expert_params, size - len(experts), rng, low=low, high=high)
+            batch = [*experts, *zip(children, (self._provenance(o) for o in origin), strict=True)]
+            results, _, _ = await self._score_positions([x for x, _ in batch], dev)
+            self._gc(set())
+            scores += [r.value for r in results]
+            for (x, who), r in zip(batch, results, strict=True):
+                if best is None or r.value > best[0]:
+                    best = (r.value, x, who)
+        assert best is not None
+        h, d = await self._handle(best[1])
+        r_test, _ = await score_expert(self.generator, h, test, cfg.generation, self.utility)
+        await self._release(h, d)
+        return {
+            "evaluations": budget,
+            "particle": best[2],
+            "dev": best[0],
+            "test": r_test.value,
+            "test_per_task": r_test.per_task,
+            "dev_all": scores,
+        }
+
+    def _provenance(self, origin: dict[str, Any]) -> dict[str, Any]:
+        """A child's ``{"a", "b", "w"}`` with expert names instead of indices."""
+        return {**origin, "a": self.p.experts[origin["a"]].name, "b": self.p.experts[origin["b"]].name, "kind": "child"}
 
     def _merge(self, best_dir: Path) -> Path:
         """The best adapter merged into the base: a plain full checkpoint."""

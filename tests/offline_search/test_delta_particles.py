@@ -8,6 +8,7 @@ runs end to end on the transformers engine and its best adapter loads in transfo
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from offline_search.checkpoints import (
     read_adapter,
     write_delta_adapter,
 )
+from offline_search.cli import print_swarm_report
 from offline_search.config import load_swarm_config, prepare
 from offline_search.model_swarms import run_swarm_search
 
@@ -81,7 +83,7 @@ def test_dora_adapters_are_refused_as_deltas(toy_world) -> None:
         lora_deltas(adder)
 
 
-async def test_delta_swarm_search_end_to_end(toy_world, tmp_path: Path) -> None:
+async def test_delta_swarm_search_end_to_end(toy_world, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "swarm"
     cfg = {
         "name": "delta-swarm",
@@ -91,7 +93,7 @@ async def test_delta_swarm_search_end_to_end(toy_world, tmp_path: Path) -> None:
         "swarm_size": 3,
         "pso": {"max_iterations": 2},
         "data": {"paths": [str(toy_world.data_dir / "add"), str(toy_world.data_dir / "rev")], "dev_limit": 4},
-        "utility": {"kind": "exact_match", "multitask": True},
+        "utility": {"kind": "exact_match"},  # the mean: the harmonic mean is 0 for every particle on 4 questions a task
         "generation": {"max_tokens": 16},
         "engine": "transformers",
         "output_dir": str(out),
@@ -106,5 +108,12 @@ async def test_delta_swarm_search_end_to_end(toy_world, tmp_path: Path) -> None:
     assert getattr(AutoModelForCausalLM.from_pretrained(result.best_dir), "_hf_peft_config_loaded", False)
     s = result.summary
     assert s["utility_evaluations"] == 6 and {"best_initial_particle", "uniform_average"} <= set(s["baselines"])
+    rand = s["baselines"]["random_search"]  # the initial swarm drawn to the search's budget: it contains iteration 0
+    first = next(e for e in map(json.loads, (out / "log.jsonl").open()) if e["event"] == "iteration")
+    assert rand["evaluations"] == len(rand["dev_all"]) == 6 and rand["dev_all"][:3] == first["utilities"]
+    assert rand["dev"] == max(rand["dev_all"]) >= s["baselines"]["best_initial_particle"]["dev"]
+    assert set(rand["test_per_task"]) == {"add", "rev"} and "test_relative_gain_vs_random_search" in s
+    print_swarm_report(s)
+    assert f"| random search (6 particles) | {rand['dev']:.4f} |" in capsys.readouterr().out
     entry = yaml.safe_load(result.spec_snippet.read_text())["ensembles"]["delta-swarm"]
     assert entry["adapter"] == str(result.best_dir.resolve()) and "engine_args" not in entry  # transformers: no slots

@@ -97,6 +97,8 @@ async def test_search_summaries_report_their_baselines(toy_world, tmp_path: Path
         p.name for p in Path(s["best"]["dir"]).iterdir()
     }
     assert s["best"]["found_at_iteration"] is not None
+    assert b["random_search"]["evaluations"] == s["utility_evaluations"]
+    assert b["random_search"]["dev"] >= b["best_initial_particle"]["dev"]  # its first draws are the initial swarm
     p = config("graph", weight_step={"iterations": 0})
     g = (await run_graph_search(prepare(load_graph_config(p), p), progress=False)).summary
     b = g["baselines"]
