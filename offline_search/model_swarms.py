@@ -16,10 +16,12 @@ Outputs, under ``output_dir``:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +52,7 @@ from offline_search.evaluate import (
     write_spec_snippet,
 )
 from offline_search.generation import BatchGenerator, OutputCache
-from offline_search.pso import Params, ParticleSwarm, interpolate_children
+from offline_search.pso import Params, ParticleSwarm, combine, interpolate_children
 from offline_search.tracking import RunLog, drive, plot_convergence
 
 log = logging.getLogger(__name__)
@@ -399,13 +401,8 @@ class ModelSwarms:
         r_dev, _ = await score_expert(self.generator, h, dev, cfg.generation, self.utility)
         r_test, _ = await score_expert(self.generator, h, test, cfg.generation, self.utility)
         await self._release(h, d)
-        # kept beside ``best`` (particles/ may be removed): servable in its place where it scores higher on dev
-        kept = self.out / "uniform_average"
-        if kept.exists():
-            shutil.rmtree(kept)
-        shutil.copytree(d, kept)
         out["uniform_average"] = {
-            "dir": str(kept.resolve()),
+            "dir": str(self._keep(d, "uniform_average")),
             "dev": r_dev.value,
             "test": r_test.value,
             "test_per_task": r_test.per_task,
@@ -413,21 +410,27 @@ class ModelSwarms:
         return out
 
     async def _random_search(self, expert_params: list[Params]) -> dict[str, Any]:
-        """Random search at the search's budget: the initial swarm drawn larger, with no PSO moves. As many particles
-        as the search scored (``utility_evaluations``): the experts, then children drawn as the initial swarm's are
-        (the same generator, so its first children *are* the initial swarm's), made and scored one batch at a time
-        (a swarm's worth). The best on dev is scored on test; ``dev_all`` keeps every draw's dev utility, in order."""
+        """Random search at the search's budget: as many particles as the search scored (``utility_evaluations``),
+        with no PSO moves. The first draws are the initial swarm itself (the experts and the same children); the rest
+        are random convex combinations of all the experts' weights, ``Σ c_k W_k`` with ``c ~ Dirichlet(1, ..., 1)``
+        (uniform on the experts' simplex, where the search's best particles lie: every PSO position is an affine
+        combination of the experts). Made and scored one swarm-sized batch at a time; the best on dev is scored on
+        test and kept in ``<output_dir>/random_search``; ``dev_all`` keeps every draw's dev utility, in order."""
         cfg, dev, test = self.cfg, self.p.splits.dev, self.p.splits.test
         budget = max(self.evaluations, len(expert_params))
-        rng = np.random.default_rng([cfg.seed, 1])
         low, high = cfg.child_weight_range
         best: tuple[float, Params, Any] | None = None
         scores: list[float] = []
-        for start in range(0, budget, cfg.swarm_size):
-            size = min(cfg.swarm_size, budget - start)
-            experts = [(x, e.name) for x, e in zip(expert_params, self.p.experts, strict=True)][start : start + size]
-            children, origin = interpolate_children(expert_params, size - len(experts), rng, low=low, high=high)
-            batch = [*experts, *zip(children, (self._provenance(o) for o in origin), strict=True)]
+        stream = random_search_draws(
+            expert_params,
+            [e.name for e in self.p.experts],
+            seed=cfg.seed,
+            swarm_size=cfg.swarm_size,
+            low=low,
+            high=high,
+        )
+        while len(scores) < budget:
+            batch = list(itertools.islice(stream, min(cfg.swarm_size, budget - len(scores))))
             results, _, _ = await self._score_positions([x for x, _ in batch], dev)
             self._gc(set())
             scores += [r.value for r in results]
@@ -439,6 +442,7 @@ class ModelSwarms:
         r_test, _ = await score_expert(self.generator, h, test, cfg.generation, self.utility)
         await self._release(h, d)
         return {
+            "dir": str(self._keep(d, "random_search")),
             "evaluations": budget,
             "particle": best[2],
             "dev": best[0],
@@ -447,9 +451,17 @@ class ModelSwarms:
             "dev_all": scores,
         }
 
+    def _keep(self, particle_dir: Path, name: str) -> Path:
+        """Copy a baseline's particle beside ``best`` (``particles/`` may be removed): servable in its place where it
+        scores higher on dev, in the same form."""
+        kept = self.out / name
+        if kept.exists():
+            shutil.rmtree(kept)
+        shutil.copytree(particle_dir, kept)
+        return kept.resolve()
+
     def _provenance(self, origin: dict[str, Any]) -> dict[str, Any]:
-        """A child's ``{"a", "b", "w"}`` with expert names instead of indices."""
-        return {**origin, "a": self.p.experts[origin["a"]].name, "b": self.p.experts[origin["b"]].name, "kind": "child"}
+        return child_provenance(origin, [e.name for e in self.p.experts])
 
     def _merge(self, best_dir: Path) -> Path:
         """The best adapter merged into the base: a plain full checkpoint."""
@@ -465,6 +477,28 @@ class ModelSwarms:
         merged.save_pretrained(target, safe_serialization=True)
         AutoTokenizer.from_pretrained(base).save_pretrained(target)
         return target.resolve()
+
+
+def child_provenance(origin: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """A child's ``{"a", "b", "w"}`` (``interpolate_children``) with expert names instead of indices."""
+    return {**origin, "a": names[origin["a"]], "b": names[origin["b"]], "kind": "child"}
+
+
+def random_search_draws(
+    experts: list[Params], names: list[str], *, seed: int, swarm_size: int, low: float, high: float
+) -> Iterator[tuple[Params, Any]]:
+    """The particles random search scores, with their provenance, without end: first the initial swarm of a search
+    with this seed (the experts, then the same children), then convex combinations ``Σ c_k W_k`` of all the experts
+    with ``c ~ Dirichlet(1, ..., 1)``."""
+    rng = np.random.default_rng([seed, 1])  # the search's own start
+    children, origin = interpolate_children(experts, swarm_size - len(experts), rng, low=low, high=high)
+    yield from zip(experts, names, strict=True)
+    yield from zip(children, (child_provenance(o, names) for o in origin), strict=True)
+    soup = np.random.default_rng([seed, 5])
+    while True:
+        c = soup.dirichlet(np.ones(len(experts)))
+        x = combine([(float(w), e) for w, e in zip(c, experts, strict=True)])
+        yield x, {"kind": "convex", "weights": dict(zip(names, c.tolist(), strict=True))}
 
 
 async def run_swarm_search(prepared: Prepared, *, resume: bool = False, progress: bool = True) -> SwarmResult:

@@ -2,8 +2,8 @@
 
 ``build_ensembles()`` runs the project's own offline tools at small budgets (minutes on two cores, the transformers
 engine, no vLLM needed):
-- ``toy-swarm``: Model Swarms (``offline_search.model_swarms``) over the four LoRA specialists, or the uniform
-  average of their weights where that scores higher on dev;
+- ``toy-swarm``: Model Swarms (``offline_search.model_swarms``) over the four LoRA specialists, or the baseline that
+  scores higher on dev (the uniform average of their weights, or random search's best combination at the same budget);
 - ``toy-dag``: Heterogeneous Swarms (``offline_search.hetero_swarms``) for the composed task ``addrev``, or the best
   hand-wired chain where that scores higher on dev;
 - ``toy-router``: trajectory collection + PPO (``router.workflow``), a ``kind: chain`` over every toy expert;
@@ -65,7 +65,7 @@ BLEND = {
     "data": {"dev_limit": 25, "test_limit": 25},
 }
 """Overrides of ``offline_search/configs/toy_blend.yaml`` (small budget: 100 dev questions choose the weights)."""
-VERSION = 4
+VERSION = 5
 """Bumped when what ``build_ensembles`` writes changes (part of the cache hash with the configs)."""
 
 
@@ -136,19 +136,27 @@ def _search(kind: str, overrides: dict[str, Any], out: Path) -> tuple[dict[str, 
 
 
 def _dev_selected_swarm(snippet: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
-    """Dev selects what ``toy-swarm`` serves: the searched particle, or the uniform average of the experts' weights
-    when that scored higher on dev at this small budget (said in the description; the search's report keeps both)."""
+    """Dev selects what ``toy-swarm`` serves: the searched particle, or the baseline the search reports that scored
+    higher on dev at this small budget: the uniform average of the experts' weights, or random search's best draw at
+    the same budget (said in the description; the search's report keeps every number)."""
     name, entry = next(iter((snippet.get("ensembles") or {}).items()))
-    uniform = (summary.get("baselines") or {}).get("uniform_average")
+    baselines = summary.get("baselines") or {}
     best = summary["best"]["dev"]
-    if uniform is None or "dir" not in uniform or uniform["dev"] <= best:
+    experts = ", ".join(summary.get("experts") or {})
+    kinds = {
+        "uniform_average": f"uniform average of the weights of {experts}",
+        "random_search": f"random search's best of {baselines.get('random_search', {}).get('evaluations')} weight "
+        f"combinations of {experts}",
+    }
+    better = [(baselines[k]["dev"], k) for k in kinds if "dir" in baselines.get(k, {}) and baselines[k]["dev"] > best]
+    if not better:
         entry["description"] = f"{entry.get('description', '')}; dev {best:.3f}".strip("; ")
         return {name: entry}
-    entry["adapter" if "adapter" in entry else "model"] = uniform["dir"]
-    experts = ", ".join(summary.get("experts") or {})
+    dev, kind = max(better)
+    entry["adapter" if "adapter" in entry else "model"] = baselines[kind]["dir"]
     entry["description"] = (
-        f"uniform average of the weights of {experts}: it beat the searched particle on dev at this small budget "
-        f"({uniform['dev']:.3f} vs {best:.3f}); `swarmgate search swarm` searches further"
+        f"{kinds[kind]}: it beat the searched particle on dev at this small budget ({dev:.3f} vs {best:.3f}); "
+        "`swarmgate search swarm` searches further"
     )
     return {name: entry}
 

@@ -72,6 +72,14 @@ def test_dev_selects_the_uniform_average_over_a_weaker_searched_particle() -> No
     full = {"ensembles": {"toy-swarm": {"kind": "expert", "model": "/swarm/best"}}}
     summary["best"]["dev"] = 0.1
     assert ens._dev_selected_swarm(full, summary)["toy-swarm"]["model"] == "/swarm/uniform_average"
+    # random search's best draw, where it beats both on dev (its directory kept like the uniform average's)
+    summary["baselines"]["random_search"] = {"dir": "/swarm/random_search", "dev": 0.656, "evaluations": 18}
+    summary["best"]["dev"] = 0.333
+    got = ens._dev_selected_swarm(snippet(), summary)["toy-swarm"]
+    assert got["adapter"] == "/swarm/random_search" and "(0.656 vs 0.333)" in got["description"]
+    assert "random search's best of 18 weight combinations of toy-adder, toy-sorter" in got["description"]
+    summary["baselines"]["random_search"]["dev"] = 0.4  # above the particle, below the uniform average
+    assert ens._dev_selected_swarm(snippet(), summary)["toy-swarm"]["adapter"] == "/swarm/uniform_average"
 
 
 @pytest.mark.slow

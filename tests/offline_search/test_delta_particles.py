@@ -108,7 +108,7 @@ async def test_delta_swarm_search_end_to_end(toy_world, tmp_path: Path, capsys: 
     assert getattr(AutoModelForCausalLM.from_pretrained(result.best_dir), "_hf_peft_config_loaded", False)
     s = result.summary
     assert s["utility_evaluations"] == 6 and {"best_initial_particle", "uniform_average"} <= set(s["baselines"])
-    rand = s["baselines"]["random_search"]  # the initial swarm drawn to the search's budget: it contains iteration 0
+    rand = s["baselines"]["random_search"]  # as many draws as the search scored, starting with its iteration 0
     first = next(e for e in map(json.loads, (out / "log.jsonl").open()) if e["event"] == "iteration")
     assert rand["evaluations"] == len(rand["dev_all"]) == 6 and rand["dev_all"][:3] == first["utilities"]
     assert rand["dev"] == max(rand["dev_all"]) >= s["baselines"]["best_initial_particle"]["dev"]

@@ -1,13 +1,17 @@
 """What search reports stand on: cut outputs score 0 (and stay cut through the output cache), hand-wired chains
-as a graph-search baseline, and (slow) the baselines every search summary reports."""
+as a graph-search baseline, what Model Swarms' random-search baseline draws, and (slow) the baselines every search
+summary reports."""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 import yaml
 
 from gateway.engines.base import Adapter, Completion, Prompt, SamplingParams
@@ -16,6 +20,8 @@ from gateway.executors.dag import PROMPT_PRESETS, DagExecutor
 from offline_search.datasets import Example
 from offline_search.generation import BatchGenerator, OutputCache, is_truncated
 from offline_search.hetero_swarms import chain_topology
+from offline_search.model_swarms import random_search_draws
+from offline_search.pso import interpolate_children
 from offline_search.utilities import ExactMatch, Multitask
 from tests.offline_search.fakes import RuleEngine, _content, apply_skill
 
@@ -71,6 +77,22 @@ async def test_hand_wired_chain_runs_first_then_second() -> None:
     assert run.outputs == ["64"]
 
 
+def test_random_search_draws_the_initial_swarm_then_convex_combinations_of_the_experts() -> None:
+    experts = [{"w": torch.full((2, 2), float(k))} for k in range(3)]  # expert k holds k everywhere
+    names = ["a", "b", "c"]
+    draws = list(itertools.islice(random_search_draws(experts, names, seed=3, swarm_size=5, low=0.0, high=2.0), 25))
+    children, origin = interpolate_children(experts, 2, np.random.default_rng([3, 1]), low=0.0, high=2.0)
+    assert [who for _, who in draws[:3]] == names
+    assert all(torch.equal(x["w"], e["w"]) for (x, _), e in zip(draws, experts, strict=False))
+    for (x, who), child, o in zip(draws[3:5], children, origin, strict=True):  # the search's own children
+        assert torch.equal(x["w"], child["w"]) and who == {**o, "a": names[o["a"]], "b": names[o["b"]], "kind": "child"}
+    for x, who in draws[5:]:
+        c = who["weights"]
+        assert who["kind"] == "convex" and min(c.values()) >= 0 and abs(sum(c.values()) - 1) < 1e-9
+        assert torch.allclose(x["w"], torch.full((2, 2), c["b"] + 2 * c["c"]))
+    assert len({who["weights"]["a"] for _, who in draws[5:]}) == 20  # a fresh draw each time
+
+
 @pytest.mark.slow
 async def test_search_summaries_report_their_baselines(toy_world, tmp_path: Path) -> None:
     from offline_search.config import default_config_path, load_graph_config, load_swarm_config, prepare
@@ -99,6 +121,10 @@ async def test_search_summaries_report_their_baselines(toy_world, tmp_path: Path
     assert s["best"]["found_at_iteration"] is not None
     assert b["random_search"]["evaluations"] == s["utility_evaluations"]
     assert b["random_search"]["dev"] >= b["best_initial_particle"]["dev"]  # its first draws are the initial swarm
+    kept = Path(b["random_search"]["dir"])  # its best draw is servable like `best`
+    assert kept == (tmp_path / "swarm" / "random_search").resolve() and {p.name for p in kept.iterdir()} == {
+        p.name for p in Path(s["best"]["dir"]).iterdir()
+    }
     p = config("graph", weight_step={"iterations": 0})
     g = (await run_graph_search(prepare(load_graph_config(p), p), progress=False)).summary
     b = g["baselines"]
