@@ -9,8 +9,11 @@ so an unchanged particle is never generated twice), and moves the swarm (``offli
 Outputs, under ``output_dir``:
 - ``best/``: the global best, as a PEFT adapter (``adapter_config.json`` + ``adapter_model.safetensors``, loadable
   by PEFT, transformers and vLLM) or a full checkpoint; ``best_merged/`` optionally (LoRA merged into the base);
+- ``uniform_average/`` and ``random_search/``: two baselines in the same form (the experts' mean weights; random
+  search's best draw at the search's budget);
 - ``spec_snippet.yaml``: an ``kind: expert`` ensemble serving it; ``summary.json``: dev and test utilities of the
-  best particle and of every initial expert; ``log.jsonl``; ``convergence.png``; ``state/`` (``--resume``).
+  best particle, of every initial expert and of the baselines; ``log.jsonl``; ``convergence.png``; ``state/``
+  (``--resume``).
 """
 
 from __future__ import annotations
