@@ -225,17 +225,13 @@ class ModelSwarms:
             else:
                 if out.joinpath("log.jsonl").exists():
                     out.joinpath("log.jsonl").unlink()
-                rng = np.random.default_rng([cfg.seed, 1])
-                low, high = cfg.child_weight_range
-                children, origin = interpolate_children(
-                    expert_params, cfg.swarm_size - len(expert_params), rng, low=low, high=high
-                )
-                swarm = ParticleSwarm(cfg.pso.build(cfg.seed), [*expert_params, *children])
+                initial = self._initial_swarm(expert_params)
+                swarm = ParticleSwarm(cfg.pso.build(cfg.seed), [x for x, _ in initial])
                 run_log.write(
                     "start",
                     phase="swarm",
                     experts=[e.name for e in self.p.experts],
-                    children=[self._provenance(o) for o in origin],
+                    children=[who for _, who in initial[len(expert_params) :]],
                     config=cfg.model_dump(),
                     dev_examples=len(self.p.splits.dev),
                     test_examples=len(self.p.splits.test),
@@ -381,22 +377,16 @@ class ModelSwarms:
         (``_random_search``) and the uniform average of the experts' weights (written to
         ``<output_dir>/uniform_average``, in the same form as ``best``)."""
         cfg, dev, test = self.cfg, self.p.splits.dev, self.p.splits.test
-        rng = np.random.default_rng([cfg.seed, 1])  # the same draw as the search's start: the same children
-        low, high = cfg.child_weight_range
-        children, origin = interpolate_children(
-            expert_params, cfg.swarm_size - len(expert_params), rng, low=low, high=high
-        )
-        initial = [*expert_params, *children]
+        initial = self._initial_swarm(expert_params)  # the search's start, drawn again: the same children
         first = [p.history[0] if p.history else None for p in swarm.particles]
         scored = [(u, i) for i, u in enumerate(first) if u is not None]
         out: dict[str, Any] = {}
         if scored:
             u0, i0 = max(scored)
-            h, d = await self._handle(initial[i0])
+            x, who = initial[i0]
+            h, d = await self._handle(x)
             r, _ = await score_expert(self.generator, h, test, cfg.generation, self.utility)
             await self._release(h, d)
-            n = len(expert_params)
-            who = self.p.experts[i0].name if i0 < n else self._provenance(origin[i0 - n])
             out["best_initial_particle"] = {"index": i0, "particle": who, "dev": u0, "test": r.value}
         out["random_search"] = await self._random_search(expert_params)
         avg = {k: sum(x[k] for x in expert_params) / len(expert_params) for k in expert_params[0]}  # type: ignore[index]
@@ -421,17 +411,9 @@ class ModelSwarms:
         test and kept in ``<output_dir>/random_search``; ``dev_all`` keeps every draw's dev utility, in order."""
         cfg, dev, test = self.cfg, self.p.splits.dev, self.p.splits.test
         budget = max(self.evaluations, len(expert_params))
-        low, high = cfg.child_weight_range
         best: tuple[float, Params, Any] | None = None
         scores: list[float] = []
-        stream = random_search_draws(
-            expert_params,
-            [e.name for e in self.p.experts],
-            seed=cfg.seed,
-            swarm_size=cfg.swarm_size,
-            low=low,
-            high=high,
-        )
+        stream = random_search_draws(self._initial_swarm(expert_params), seed=cfg.seed)
         while len(scores) < budget:
             batch = list(itertools.islice(stream, min(cfg.swarm_size, budget - len(scores))))
             results, _, _ = await self._score_positions([x for x, _ in batch], dev)
@@ -463,8 +445,12 @@ class ModelSwarms:
         shutil.copytree(particle_dir, kept)
         return kept.resolve()
 
-    def _provenance(self, origin: dict[str, Any]) -> dict[str, Any]:
-        return child_provenance(origin, [e.name for e in self.p.experts])
+    def _initial_swarm(self, expert_params: list[Params]) -> list[tuple[Params, Any]]:
+        low, high = self.cfg.child_weight_range
+        names = [e.name for e in self.p.experts]
+        return initial_swarm(
+            expert_params, names, seed=self.cfg.seed, swarm_size=self.cfg.swarm_size, low=low, high=high
+        )
 
     def _merge(self, best_dir: Path) -> Path:
         """The best adapter merged into the base: a plain full checkpoint."""
@@ -482,26 +468,28 @@ class ModelSwarms:
         return target.resolve()
 
 
-def child_provenance(origin: dict[str, Any], names: list[str]) -> dict[str, Any]:
-    """A child's ``{"a", "b", "w"}`` (``interpolate_children``) with expert names instead of indices."""
-    return {**origin, "a": names[origin["a"]], "b": names[origin["b"]], "kind": "child"}
-
-
-def random_search_draws(
+def initial_swarm(
     experts: list[Params], names: list[str], *, seed: int, swarm_size: int, low: float, high: float
-) -> Iterator[tuple[Params, Any]]:
-    """The particles random search scores, with their provenance, without end: first the initial swarm of a search
-    with this seed (the experts, then the same children), then convex combinations ``Σ c_k W_k`` of all the experts
-    with ``c ~ Dirichlet(1, ..., 1)``."""
-    rng = np.random.default_rng([seed, 1])  # the search's own start
+) -> list[tuple[Params, Any]]:
+    """A search's initial swarm with each particle's provenance: the experts (by name), then children
+    ``w A + (1 - w) B`` (``{"a", "b", "w", "kind": "child"}``), the same for the same seed."""
+    rng = np.random.default_rng([seed, 1])
     children, origin = interpolate_children(experts, swarm_size - len(experts), rng, low=low, high=high)
-    yield from zip(experts, names, strict=True)
-    yield from zip(children, (child_provenance(o, names) for o in origin), strict=True)
+    kids = [{**o, "a": names[o["a"]], "b": names[o["b"]], "kind": "child"} for o in origin]
+    return [*zip(experts, names, strict=True), *zip(children, kids, strict=True)]
+
+
+def random_search_draws(initial: list[tuple[Params, Any]], *, seed: int) -> Iterator[tuple[Params, Any]]:
+    """The particles random search scores, with their provenance, without end: first ``initial`` (a search's initial
+    swarm), then convex combinations ``Σ c_k W_k`` of its experts (the particles named by a string) with
+    ``c ~ Dirichlet(1, ..., 1)``."""
+    yield from initial
+    experts = [(x, who) for x, who in initial if isinstance(who, str)]
     soup = np.random.default_rng([seed, 5])
     while True:
         c = soup.dirichlet(np.ones(len(experts)))
-        x = combine([(float(w), e) for w, e in zip(c, experts, strict=True)])
-        yield x, {"kind": "convex", "weights": dict(zip(names, c.tolist(), strict=True))}
+        x = combine([(float(w), e) for w, (e, _) in zip(c, experts, strict=True)])
+        yield x, {"kind": "convex", "weights": {name: float(w) for w, (_, name) in zip(c, experts, strict=True)}}
 
 
 async def run_swarm_search(prepared: Prepared, *, resume: bool = False, progress: bool = True) -> SwarmResult:

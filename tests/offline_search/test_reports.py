@@ -20,7 +20,7 @@ from gateway.executors.dag import PROMPT_PRESETS, DagExecutor
 from offline_search.datasets import Example
 from offline_search.generation import BatchGenerator, OutputCache, is_truncated
 from offline_search.hetero_swarms import chain_topology
-from offline_search.model_swarms import random_search_draws
+from offline_search.model_swarms import initial_swarm, random_search_draws
 from offline_search.pso import interpolate_children
 from offline_search.utilities import ExactMatch, Multitask
 from tests.offline_search.fakes import RuleEngine, _content, apply_skill
@@ -80,7 +80,8 @@ async def test_hand_wired_chain_runs_first_then_second() -> None:
 def test_random_search_draws_the_initial_swarm_then_convex_combinations_of_the_experts() -> None:
     experts = [{"w": torch.full((2, 2), float(k))} for k in range(3)]  # expert k holds k everywhere
     names = ["a", "b", "c"]
-    draws = list(itertools.islice(random_search_draws(experts, names, seed=3, swarm_size=5, low=0.0, high=2.0), 25))
+    start = initial_swarm(experts, names, seed=3, swarm_size=5, low=0.0, high=2.0)
+    draws = list(itertools.islice(random_search_draws(start, seed=3), 25))
     children, origin = interpolate_children(experts, 2, np.random.default_rng([3, 1]), low=0.0, high=2.0)
     assert [who for _, who in draws[:3]] == names
     assert all(torch.equal(x["w"], e["w"]) for (x, _), e in zip(draws, experts, strict=False))
