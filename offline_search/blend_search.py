@@ -35,7 +35,7 @@ from gateway.executors.base import ExecRequest, ExpertHandle, StepInfo
 from gateway.executors.blend import scoring
 from offline_search.config import ConfigError, Prepared, PSOSettings, _load, _SearchBase
 from offline_search.datasets import Example
-from offline_search.evaluate import EnginePool, build_utility, expert_handle, question_prompt, relative_gain
+from offline_search.evaluate import EnginePool, build_utilities, expert_handle, question_prompt, relative_gain
 from offline_search.pso import ParticleSwarm
 from offline_search.tracking import RunLog, drive, plot_convergence
 
@@ -162,7 +162,7 @@ class BlendSearch:
         self.out = prepared.output_dir
         self.progress = progress
         self.pool = EnginePool()
-        self.utility = build_utility(self.cfg.utility, prepared.root)
+        self.utility, self.report = build_utilities(self.cfg, prepared.root)
         self.names = [e.name for e in prepared.experts]
         self.lead = self.names.index(self.cfg.lead) if self.cfg.lead else 0
         self.members: list[ExpertHandle] = []
@@ -292,15 +292,21 @@ class BlendSearch:
             assert isinstance(swarm.global_best_x, torch.Tensor)
             best = decode_position(swarm.global_best_x, n_members, cfg.search_gate)
             uniform = Particle([1.0 / n_members] * n_members, None)
-            summary: dict[str, Any] = {"experts": {}, "lead": self.names[self.lead], "rule": cfg.rule}
+            summary: dict[str, Any] = {
+                "utility": self.utility.name,
+                "report_utility": self.report.name,
+                "experts": {},
+                "lead": self.names[self.lead],
+                "rule": cfg.rule,
+            }
             for name, member in zip(self.names, self.members, strict=True):
                 d = (await self.utility.score(dev, await self._member_answers(member, dev))).value
-                t_res = await self.utility.score(test, await self._member_answers(member, test))
+                t_res = await self.report.score(test, await self._member_answers(member, test))
                 summary["experts"][name] = {"dev": d, "test": t_res.value, "test_per_task": t_res.per_task}
             best_member = max(summary["experts"], key=lambda n: summary["experts"][n]["dev"])  # chosen on dev
             for label, part in (("uniform", uniform), ("searched", best)):
                 d = await self._dev_utility(part, dev)
-                t_res = await self.utility.score(test, await self._executor_answers(part, test))
+                t_res = await self.report.score(test, await self._executor_answers(part, test))
                 summary[label] = {
                     "weights": part.weights,
                     "gate": part.gate,

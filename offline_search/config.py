@@ -61,14 +61,14 @@ class DataConfig(_Strict):
 
 
 class UtilityConfig(_Strict):
-    kind: Literal["exact_match", "multiple_choice", "reward_model", "llm_judge"] = "exact_match"
+    kind: Literal["exact_match", "edit_similarity", "multiple_choice", "reward_model", "llm_judge"] = "exact_match"
     """Per-example scorer."""
     multitask: bool = False
     """Harmonic mean over tasks (the examples' ``task``) instead of the plain mean."""
     tasks: list[str] | None = None
     """Tasks of the harmonic mean (default: every task in the data)."""
     case_sensitive: bool = True
-    """exact_match: compare case-sensitively."""
+    """exact_match, edit_similarity: compare case-sensitively."""
     model: str | None = None
     """reward_model: checkpoint directory (any sequence-classification model); llm_judge: the judge's model name."""
     url: str | None = None
@@ -138,6 +138,10 @@ class _SearchBase(_Strict):
     """Spec expert names, or inline experts."""
     data: DataConfig
     utility: UtilityConfig = Field(default_factory=UtilityConfig)
+    """What the search maximises on dev (and reports on test unless ``report_utility`` is set)."""
+    report_utility: UtilityConfig | None = None
+    """Score test (and the baselines' test) with this instead, e.g. search on ``edit_similarity``, report
+    ``exact_match``. Dev selection always uses ``utility``."""
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     engine: Literal["auto", "transformers", "vllm"] | None = None
     """Override every expert's engine kind (None: as the spec says)."""
@@ -354,6 +358,28 @@ def resolve_experts(cfg: _SearchBase, config_path: Path, root: Path, spec_path: 
     return out
 
 
+def _check_utility(config_path: Path, root: Path, key: str, ucfg: UtilityConfig, splits: Any) -> None:
+    """What a utility needs from the data and the disk, checked before any model loads."""
+    if ucfg.kind == "multiple_choice":
+        from offline_search.utilities import MultipleChoice
+
+        for ex in [*splits.dev, *splits.test]:
+            try:
+                MultipleChoice.gold_letter(ex)
+            except ValueError as exc:
+                raise ConfigError(config_path, f"{key}.kind", f"multiple_choice: {exc}") from None
+    if ucfg.multitask and ucfg.tasks:
+        missing = sorted(set(ucfg.tasks) - {e.task for e in splits.dev})
+        if missing:
+            raise ConfigError(
+                config_path, f"{key}.tasks", f"no dev examples for tasks {missing} (have {splits.tasks()})"
+            )
+    if ucfg.kind == "reward_model":
+        rm = _abs(root, ucfg.model or "")
+        if not (rm / "config.json").is_file():
+            raise ConfigError(config_path, f"{key}.model", f"reward model checkpoint not found: {rm}")
+
+
 def prepare(cfg: _SearchBase, config_path: str | os.PathLike[str], *, output_dir: str | None = None) -> Prepared:
     """Resolve and check everything a search reads; raises ConfigError before any model is loaded."""
     from offline_search.checkpoints import (
@@ -377,24 +403,9 @@ def prepare(cfg: _SearchBase, config_path: str | os.PathLike[str], *, output_dir
         )
     except DatasetError as exc:
         raise ConfigError(config_path, exc.key, exc.problem) from None
-    if cfg.utility.kind == "multiple_choice":
-        from offline_search.utilities import MultipleChoice
-
-        for ex in [*splits.dev, *splits.test]:
-            try:
-                MultipleChoice.gold_letter(ex)
-            except ValueError as exc:
-                raise ConfigError(config_path, "utility.kind", f"multiple_choice: {exc}") from None
-    if cfg.utility.multitask and cfg.utility.tasks:
-        missing = sorted(set(cfg.utility.tasks) - {e.task for e in splits.dev})
-        if missing:
-            raise ConfigError(
-                config_path, "utility.tasks", f"no dev examples for tasks {missing} (have {splits.tasks()})"
-            )
-    if cfg.utility.kind == "reward_model":
-        rm = _abs(root, cfg.utility.model or "")
-        if not (rm / "config.json").is_file():
-            raise ConfigError(config_path, "utility.model", f"reward model checkpoint not found: {rm}")
+    for key, ucfg in (("utility", cfg.utility), ("report_utility", cfg.report_utility)):
+        if ucfg is not None:
+            _check_utility(config_path, root, key, ucfg, splits)
 
     for i, x in enumerate(experts):
         if not Path(x.model).is_dir():

@@ -12,10 +12,11 @@ from gateway.engines.base import Adapter, Engine, Prompt, SamplingParams
 from gateway.executors.base import ExpertHandle
 from gateway.executors.dag import fill
 from offline_search.checkpoints import adapter_digest
-from offline_search.config import GenerationConfig, ResolvedExpert, UtilityConfig
+from offline_search.config import GenerationConfig, ResolvedExpert, UtilityConfig, _SearchBase
 from offline_search.datasets import Example
 from offline_search.generation import BatchGenerator
 from offline_search.utilities import (
+    EditSimilarity,
     ExactMatch,
     LLMJudge,
     MultipleChoice,
@@ -71,6 +72,8 @@ def build_utility(cfg: UtilityConfig, root: Path) -> Utility:
     base: Utility
     if cfg.kind == "exact_match":
         base = ExactMatch(case_sensitive=cfg.case_sensitive)
+    elif cfg.kind == "edit_similarity":
+        base = EditSimilarity(case_sensitive=cfg.case_sensitive)
     elif cfg.kind == "multiple_choice":
         base = MultipleChoice()
     elif cfg.kind == "reward_model":
@@ -93,6 +96,17 @@ def build_utility(cfg: UtilityConfig, root: Path) -> Utility:
             concurrency=cfg.concurrency,
         )
     return Multitask(base, cfg.tasks) if cfg.multitask else base
+
+
+def build_utilities(cfg: _SearchBase, root: Path) -> tuple[Utility, Utility]:
+    """(what the search maximises on dev, what test is reported on): ``report_utility`` or the same utility."""
+    search = build_utility(cfg.utility, root)
+    return search, build_utility(cfg.report_utility, root) if cfg.report_utility else search
+
+
+async def close_utilities(*utilities: Utility) -> None:
+    for u in {id(u): u for u in utilities}.values():
+        await u.close()
 
 
 def sampling(gen: GenerationConfig) -> SamplingParams:

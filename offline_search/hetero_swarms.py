@@ -45,7 +45,8 @@ from offline_search.decode import DecodedGraph, g_decode, random_adjacency
 from offline_search.evaluate import (
     EnginePool,
     adapter_of,
-    build_utility,
+    build_utilities,
+    close_utilities,
     expert_handle,
     relative_gain,
     sampling,
@@ -119,7 +120,7 @@ class HeteroSwarms:
         self.progress = progress
         self.templates = templates_of(self.cfg)
         self.pool = EnginePool()
-        self.utility = build_utility(self.cfg.utility, prepared.root)
+        self.utility, self.report = build_utilities(self.cfg, prepared.root)
         self.generator = BatchGenerator(OutputCache(self.out / "cache.jsonl") if self.cfg.cache else None)
         self.params = sampling(self.cfg.generation)
         self.members: list[Member] = []
@@ -141,7 +142,7 @@ class HeteroSwarms:
         run = await DagExecutor("search", topo, handles).run_batch(
             [e.question for e in examples], self.params, generate=self.generator.generate
         )
-        result = await self.utility.score(examples, run.outputs)
+        result = await (self.report if split == "test" else self.utility).score(examples, run.outputs)
         if self.cfg.cache:
             self._scores[key] = result
         return result
@@ -403,7 +404,7 @@ class HeteroSwarms:
             return await self._finish(run_log, time.perf_counter() - t_start)
         finally:
             await self.pool.close()
-            await self.utility.close()
+            await close_utilities(self.utility, self.report)
 
     async def _baselines(
         self, originals: dict[str, ExpertHandle], dev: list[Example], test: list[Example]
@@ -480,6 +481,7 @@ class HeteroSwarms:
         summary: dict[str, Any] = {
             "name": cfg.name,
             "utility": self.utility.name,
+            "report_utility": self.report.name,
             "dag": {
                 "topology": str(topo_path.resolve()),
                 "nodes": [{"id": n.id, "expert": n.expert} for n in topo.nodes],

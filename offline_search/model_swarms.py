@@ -48,7 +48,8 @@ from offline_search.config import ConfigError, Prepared, ResolvedExpert, SwarmSe
 from offline_search.evaluate import (
     EnginePool,
     adapter_of,
-    build_utility,
+    build_utilities,
+    close_utilities,
     expert_handle,
     relative_gain,
     score_expert,
@@ -88,7 +89,7 @@ class ModelSwarms:
         self.out = prepared.output_dir
         self.progress = progress
         self.pool = EnginePool()
-        self.utility = build_utility(self.cfg.utility, prepared.root)
+        self.utility, self.report = build_utilities(self.cfg, prepared.root)
         self.generator = BatchGenerator(OutputCache(self.out / "cache.jsonl") if self.cfg.cache else None)
         self.template: LoraAdapter | None = None
         self.dtype = torch.float32
@@ -257,7 +258,7 @@ class ModelSwarms:
             return await self._finish(swarm, expert_params, run_log, time.perf_counter() - t_start)
         finally:
             await self.pool.close()
-            await self.utility.close()
+            await close_utilities(self.utility, self.report)
 
     async def _finish(
         self, swarm: ParticleSwarm, expert_params: list[Params], run_log: RunLog, seconds: float
@@ -273,14 +274,14 @@ class ModelSwarms:
         # Report on test only: the best particle and every initial expert (their own, original checkpoints).
         test = self.p.splits.test
         best_handle, d = await self._handle(swarm.global_best_x)
-        best_test, _ = await score_expert(self.generator, best_handle, test, cfg.generation, self.utility)
+        best_test, _ = await score_expert(self.generator, best_handle, test, cfg.generation, self.report)
         await self._release(best_handle, d)
         experts_dev: dict[str, float] = {}
         experts_test: dict[str, Any] = {}
         dev_by_particle = swarm.particles
         for i, e in enumerate(self.p.experts):
             h = await self._expert_handle(e)
-            r, _ = await score_expert(self.generator, h, test, cfg.generation, self.utility)
+            r, _ = await score_expert(self.generator, h, test, cfg.generation, self.report)
             experts_test[e.name] = {"utility": r.value, "per_task": r.per_task}
             first = dev_by_particle[i].history[0] if dev_by_particle[i].history else None
             experts_dev[e.name] = float(first) if first is not None else float("nan")
@@ -293,6 +294,7 @@ class ModelSwarms:
         summary: dict[str, Any] = {
             "name": cfg.name,
             "utility": self.utility.name,
+            "report_utility": self.report.name,
             "best": {
                 "dir": str(best_dir.resolve()),
                 "digest": digest,
@@ -385,14 +387,14 @@ class ModelSwarms:
             u0, i0 = max(scored)
             x, who = initial[i0]
             h, d = await self._handle(x)
-            r, _ = await score_expert(self.generator, h, test, cfg.generation, self.utility)
+            r, _ = await score_expert(self.generator, h, test, cfg.generation, self.report)
             await self._release(h, d)
             out["best_initial_particle"] = {"index": i0, "particle": who, "dev": u0, "test": r.value}
         out["random_search"] = await self._random_search(expert_params)
         avg = {k: sum(x[k] for x in expert_params) / len(expert_params) for k in expert_params[0]}  # type: ignore[index]
         h, d = await self._handle(avg)
         r_dev, _ = await score_expert(self.generator, h, dev, cfg.generation, self.utility)
-        r_test, _ = await score_expert(self.generator, h, test, cfg.generation, self.utility)
+        r_test, _ = await score_expert(self.generator, h, test, cfg.generation, self.report)
         await self._release(h, d)
         out["uniform_average"] = {
             "dir": str(self._keep(d, "uniform_average")),
@@ -424,7 +426,7 @@ class ModelSwarms:
                     best = (r.value, x, who)
         assert best is not None
         h, d = await self._handle(best[1])
-        r_test, _ = await score_expert(self.generator, h, test, cfg.generation, self.utility)
+        r_test, _ = await score_expert(self.generator, h, test, cfg.generation, self.report)
         await self._release(h, d)
         return {
             "dir": str(self._keep(d, "random_search")),

@@ -1,6 +1,8 @@
 """Utilities: what a search maximises. Each scores a batch of outputs against their examples, in [0, 1] or any scale.
 
 - ``ExactMatch``: 1 when the output equals the answer (whitespace-stripped, optionally case-folded);
+- ``EditSimilarity``: 1 minus the output's Levenshtein distance to the answer over the longer length (partial credit
+  for a nearly right answer; 1 exactly when ``ExactMatch`` gives 1);
 - ``MultipleChoice``: the first choice letter the output commits to equals the answer's letter;
 - ``Multitask``: the harmonic mean over tasks (an example's ``task``) of another utility's per-task means, so a
   particle only scores well when it is good at *every* task;
@@ -80,6 +82,33 @@ class ExactMatch(Utility):
 
     async def score_examples(self, examples: Sequence[Example], outputs: Sequence[str]) -> list[float]:
         return [1.0 if self._norm(o) == self._norm(e.answer) else 0.0 for e, o in zip(examples, outputs, strict=True)]
+
+
+def levenshtein(a: str, b: str) -> int:
+    """Edit distance (insertions, deletions, substitutions) between two strings."""
+    if len(a) < len(b):
+        a, b = b, a
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+class EditSimilarity(ExactMatch):
+    """``1 - levenshtein(output, answer) / max(len)`` after ``ExactMatch``'s normalisation: a graded utility, so a
+    search sees progress before an answer is exactly right (report test with ``exact_match``: ``report_utility``)."""
+
+    name = "edit_similarity"
+
+    async def score_examples(self, examples: Sequence[Example], outputs: Sequence[str]) -> list[float]:
+        out = []
+        for e, o in zip(examples, outputs, strict=True):
+            a, b = self._norm(o), self._norm(e.answer)
+            out.append(1.0 - levenshtein(a, b) / max(len(a), len(b)) if a or b else 1.0)
+        return out
 
 
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"

@@ -165,6 +165,15 @@ def test_schema_errors_name_the_key(world, tmp_path):
     fails(write_config(world, tmp_path, experts=["x-a", "x-a"]), "experts", "listed twice")
 
 
+def test_report_utility_is_checked_like_the_search_utility(world, tmp_path):
+    missing = {"kind": "reward_model", "model": str(tmp_path / "no-rm")}
+    fails(write_config(world, tmp_path, report_utility=missing), "report_utility.model", "checkpoint not found")
+    fails(write_config(world, tmp_path, report_utility={"kind": "llm_judge"}), "report_utility", "needs 'url'")
+    fails(write_config(world, tmp_path, report_utility={"kind": "similarity"}), "report_utility.kind", "Input should")
+    path = write_config(world, tmp_path, utility={"kind": "edit_similarity"}, report_utility={"kind": "exact_match"})
+    assert prepare(load_swarm_config(path), path).config.report_utility.kind == "exact_match"
+
+
 def test_graph_config_without_weight_step_accepts_mixed_adapters(world, tmp_path):
     path = write_config(world, tmp_path, experts=["x-a", "x-wide"], utility={"kind": "exact_match"})
     p = prepare(load_graph_config(path), path)

@@ -54,7 +54,9 @@ def graph_config(tw, out: Path, **over) -> Path:
         "pso": {"max_iterations": 2},
         "weight_step": {"iterations": 1, "assignments": 2, "accept": "always"},  # serve updated experts too
         "data": {"paths": [str(tw.data_dir / "addrev")], "dev_limit": 8, "test_limit": 8},
-        "utility": {"kind": "exact_match"},
+        # searched on a graded utility, reported on the exact one (test_served_names_score_as_reported checks it)
+        "utility": {"kind": "edit_similarity"},
+        "report_utility": {"kind": "exact_match"},
         "generation": {"max_tokens": 8},
         "engine": "transformers",
         "output_dir": str(out),
@@ -114,7 +116,12 @@ async def test_graph_search_writes_an_executable_topology(graph_run, toy_world):
     )
     for name in s["updated_experts"]:
         check_adapter_fits_base(read_adapter(out / "experts" / name), toy_world.base_dir)
-    assert topo.search["dev"] == s["dag"]["dev"] and topo.search["utility"] == "exact_match"
+    assert topo.search["dev"] == s["dag"]["dev"] and topo.search["utility"] == "edit_similarity"
+    assert s["utility"] == "edit_similarity" and s["report_utility"] == "exact_match"
+    # every test number is an exact-match rate over the 8 test questions; dev numbers are similarities
+    tests = [s["dag"]["test"], s["baselines"]["best_chain"]["test"], s["baselines"]["random_search"]["test"]]
+    tests += [e["test"] for e in s["experts"].values()]
+    assert all((8 * t) == round(8 * t) for t in tests)
     assert len(topo.search["adjacency"]) == 3
     assert all(n.prompt == "{question}{responses}" for n in topo.nodes)
     done = next(e for e in events(out) if e["event"] == "role_step_done")

@@ -8,7 +8,16 @@ import re
 import pytest
 
 from offline_search.datasets import Example
-from offline_search.utilities import ExactMatch, LLMJudge, MultipleChoice, Multitask, RewardModel, harmonic_mean
+from offline_search.utilities import (
+    EditSimilarity,
+    ExactMatch,
+    LLMJudge,
+    MultipleChoice,
+    Multitask,
+    RewardModel,
+    harmonic_mean,
+    levenshtein,
+)
 
 ADD = [Example("add 1 2", "3", "add"), Example("add 2 2", "4", "add")]
 REV = [Example("rev ab", "ba", "rev"), Example("rev abc", "cba", "rev")]
@@ -19,6 +28,17 @@ async def test_exact_match_normalises_whitespace_and_case():
     assert (await em.score(ADD, [" 3 ", "5"])).value == 0.5
     assert (await ExactMatch(case_sensitive=False).score([Example("q", "Paris")], ["paris"])).value == 1.0
     assert (await em.score([Example("q", "a b")], ["a   b\n"])).value == 1.0
+
+
+async def test_edit_similarity_gives_partial_credit():
+    assert levenshtein("kitten", "sitting") == 3 and levenshtein("", "abc") == 3 and levenshtein("ab", "ab") == 0
+    sim = EditSimilarity()
+    r = await sim.score(REV, ["ba", "cab"])  # exact; two substitutions in three characters
+    assert r.per_example == [1.0, pytest.approx(1 / 3)]
+    assert (await sim.score([Example("q", "701")], ["107 "])).value == pytest.approx(1 / 3)  # digits right, order not
+    assert (await sim.score([Example("q", "12")], ["1234"])).value == 0.5  # two extra characters over four
+    assert (await sim.score([Example("q", "12")], [""])).value == 0.0
+    assert (await EditSimilarity(case_sensitive=False).score([Example("q", "Ab")], ["aB"])).value == 1.0
 
 
 async def test_multitask_is_the_harmonic_mean_over_tasks():
