@@ -33,7 +33,9 @@ def swarm_config(tw, out: Path, **over) -> Path:
         "swarm_size": 3,
         "pso": {"max_iterations": 2},
         "data": {"paths": [str(tw.data_dir / "add"), str(tw.data_dir / "rev")], "dev_limit": 6, "test_limit": 8},
-        "utility": {"kind": "exact_match", "multitask": True},
+        # climbs similarity, reports exact match (test_served_names_score_as_reported counts the served answers)
+        "utility": {"kind": "edit_similarity", "multitask": True},
+        "report_utility": {"kind": "exact_match", "multitask": True},
         "generation": {"max_tokens": 8},
         "engine": "transformers",
         "output_dir": str(out),
@@ -94,6 +96,7 @@ async def test_swarm_search_writes_a_loadable_best_adapter_and_its_reports(swarm
     assert getattr(model, "_hf_peft_config_loaded", False)
     # (the best's test score is checked against the right answers, served, in test_served_names_score_as_reported)
     assert set(s["experts"]) == {"toy-adder", "toy-reverser"} and s["utility_evaluations"] == 6
+    assert s["utility"] == "multitask_hm(edit_similarity)" and s["report_utility"] == "multitask_hm(exact_match)"
     assert 0.0 <= s["best"]["test"] <= 1.0 and set(s["best"]["test_per_task"]) == {"add", "rev"}
     kinds = [e["event"] for e in events(out)]
     assert kinds[0] == "start" and kinds.count("iteration") == 2 and kinds[-1] == "done"
