@@ -34,8 +34,8 @@ CREATE TABLE IF NOT EXISTS answers (
 
 class Truncated(str):
     """An answer the engine cut at ``max_tokens`` (``finish_reason: length``): it scores 0 wherever it is scored,
-    even when its text happens to equal the reference (a cut answer is not an answer): ``scoring.base.is_truncated``
-    reads its ``finish_reason``, as it reads a search's generated outputs'."""
+    even when its text happens to equal the reference (a cut answer is not an answer). Its ``finish_reason`` is what
+    ``scoring.base.is_truncated`` reads, as it does for the searches' generated outputs."""
 
     finish_reason = "length"
 
