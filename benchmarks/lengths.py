@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from benchmarks.phrasings import load_model
+    from scoring.text import exact_match
     from toyworld.build import ToyWorld, build_toy_world
     from toyworld.format import render
-    from toyworld.tasks import score_exact
     from toyworld.train import greedy
 
     world = ToyWorld.load(args.root) if args.root else build_toy_world()
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                 cells = {str(n): [0, 0] for n in lengths}
                 for p, e in zip(preds, exs, strict=True):
                     cell = cells[str(length_of(e.question))]
-                    cell[0] += int(score_exact(p, e.answer))
+                    cell[0] += int(exact_match(p, e.answer))
                     cell[1] += 1
                 row[name] = cells
                 print(f"{split + ' ' + name:<16}" + "".join(f"{c[0]:>5}/{c[1]:<4}" for c in cells.values()))

@@ -29,11 +29,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def score(preds: list[str], examples: list[Any]) -> dict[str, float]:
     """Exact match per phrasing index (as a string key) and over all."""
-    from toyworld.tasks import phrasing_of, score_exact
+    from scoring.text import exact_match
+    from toyworld.tasks import phrasing_of
 
     hits: dict[str, list[float]] = {}
     for p, e in zip(preds, examples, strict=True):
-        hits.setdefault(str(phrasing_of(e.question)), []).append(score_exact(p, e.answer))
+        hits.setdefault(str(phrasing_of(e.question)), []).append(exact_match(p, e.answer))
     out = {k: sum(v) / len(v) for k, v in sorted(hits.items())}
     out["all"] = sum(sum(v) for v in hits.values()) / max(1, sum(len(v) for v in hits.values()))
     return out

@@ -6,7 +6,8 @@
   ``kind: expert`` spec snippet.
 - ``hetero_swarms``: role-step PSO over adjacency matrices decoded by G-Decode (``decode``) and weight-step PSO with
   the JFK-score -> ``topology.json`` and a ``kind: dag`` spec snippet, served by ``gateway.executors.dag``.
-- ``utilities`` (exact match, multiple choice, multitask harmonic mean, reward model, LLM judge), ``datasets``
-  (JSONL dev/test), ``generation`` (batched, cached engine calls), ``checkpoints`` (adapter IO and checks),
-  ``config`` (YAML configs, validated before any work), ``cli`` (``swarmgate search swarm|graph``).
+- ``multitask`` (the harmonic mean over tasks of a ``scoring`` utility: exact match, edit similarity, multiple
+  choice, reward model, LLM judge), ``datasets`` (JSONL dev/test), ``generation`` (batched, cached engine calls),
+  ``checkpoints`` (adapter IO and checks), ``config`` (YAML configs, validated before any work), ``cli``
+  (``swarmgate search swarm|graph``).
 """

@@ -34,10 +34,10 @@ from gateway.engines.base import SamplingParams
 from gateway.executors.base import ExecRequest, ExpertHandle, StepInfo
 from gateway.executors.blend import scoring
 from offline_search.config import ConfigError, Prepared, PSOSettings, _load, _SearchBase
-from offline_search.datasets import Example
 from offline_search.evaluate import EnginePool, build_utilities, expert_handle, question_prompt, relative_gain
 from offline_search.pso import ParticleSwarm
 from offline_search.tracking import RunLog, drive, plot_convergence
+from scoring.examples import Example
 
 log = logging.getLogger(__name__)
 

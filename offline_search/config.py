@@ -361,7 +361,7 @@ def resolve_experts(cfg: _SearchBase, config_path: Path, root: Path, spec_path: 
 def _check_utility(config_path: Path, root: Path, key: str, ucfg: UtilityConfig, splits: Any) -> None:
     """What a utility needs from the data and the disk, checked before any model loads."""
     if ucfg.kind == "multiple_choice":
-        from offline_search.utilities import MultipleChoice
+        from scoring.reference import MultipleChoice
 
         for ex in [*splits.dev, *splits.test]:
             try:

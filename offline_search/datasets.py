@@ -2,17 +2,18 @@
 
 A dataset source is either a directory holding ``dev.jsonl`` and ``test.jsonl`` (the toy world's ``data/<task>/``
 layout) or one JSONL file whose rows carry ``"split": "dev" | "test"``. Rows are objects with ``question`` and
-``answer``; optional ``task`` (defaults to the directory or file name; the multitask utility groups by it),
-``choices`` (multiple choice) and ``id``. Searches score on ``dev``; reports compare on ``test`` only.
+``answer`` (read by ``scoring.examples.read_jsonl``); optional ``task`` (defaults to the directory or file name; the
+multitask utility groups by it), ``choices`` (multiple choice) and ``id``. Searches score on ``dev``; reports compare
+on ``test`` only.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from scoring.examples import Example, read_jsonl
 
 SPLITS = ("dev", "test")
 
@@ -27,55 +28,12 @@ class DatasetError(ValueError):
 
 
 @dataclass(frozen=True)
-class Example:
-    question: str
-    answer: str
-    task: str = "default"
-    choices: tuple[str, ...] = ()
-    id: str = ""
-    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
-
-
-@dataclass(frozen=True)
 class Splits:
     dev: list[Example]
     test: list[Example]
 
     def tasks(self) -> list[str]:
         return sorted({e.task for e in self.dev} | {e.task for e in self.test})
-
-
-def _row(obj: Any, where: str, default_task: str, index: int) -> Example:
-    if not isinstance(obj, dict):
-        raise ValueError(f"{where}: line {index + 1} is not a JSON object")
-    for k in ("question", "answer"):
-        if k not in obj:
-            raise ValueError(f"{where}: line {index + 1} has no {k!r}")
-    choices = obj.get("choices") or ()
-    if not isinstance(choices, list | tuple):
-        raise ValueError(f"{where}: line {index + 1}: 'choices' must be a list")
-    known = {"question", "answer", "task", "choices", "id", "split"}
-    return Example(
-        question=str(obj["question"]),
-        answer=str(obj["answer"]),
-        task=str(obj.get("task") or default_task),
-        choices=tuple(str(c) for c in choices),
-        id=str(obj.get("id", f"{default_task}-{index}")),
-        meta={k: v for k, v in obj.items() if k not in known},
-    )
-
-
-def read_jsonl(path: Path, default_task: str) -> list[tuple[str | None, Example]]:
-    rows: list[tuple[str | None, Example]] = []
-    for i, line in enumerate(path.read_text().splitlines()):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: line {i + 1} is not valid JSON ({exc.msg})") from None
-        rows.append((obj.get("split") if isinstance(obj, dict) else None, _row(obj, str(path), default_task, i)))
-    return rows
 
 
 def load_source(path: Path, key: str) -> Splits:
@@ -85,20 +43,20 @@ def load_source(path: Path, key: str) -> Splits:
         if missing:
             raise DatasetError(key, f"{path} has no {', '.join(m + '.jsonl' for m in missing)}")
         try:
-            dev = [e for _, e in read_jsonl(path / "dev.jsonl", path.name)]
-            test = [e for _, e in read_jsonl(path / "test.jsonl", path.name)]
+            dev = read_jsonl(path / "dev.jsonl", path.name, require_answer=True)
+            test = read_jsonl(path / "test.jsonl", path.name, require_answer=True)
         except ValueError as exc:
             raise DatasetError(key, str(exc)) from None
     elif path.is_file():
         try:
-            rows = read_jsonl(path, path.stem)
+            rows = read_jsonl(path, path.stem, require_answer=True)
         except ValueError as exc:
             raise DatasetError(key, str(exc)) from None
-        bad = sorted({str(s) for s, _ in rows if s not in SPLITS})
+        bad = sorted({str(e.meta.get("split")) for e in rows if e.meta.get("split") not in SPLITS})
         if bad:
             raise DatasetError(key, f"{path}: rows need 'split' set to dev or test (found {bad})")
-        dev = [e for s, e in rows if s == "dev"]
-        test = [e for s, e in rows if s == "test"]
+        dev = [e for e in rows if e.meta.get("split") == "dev"]
+        test = [e for e in rows if e.meta.get("split") == "test"]
     else:
         raise DatasetError(key, f"dataset not found: {path}")
     if not dev:

@@ -13,18 +13,13 @@ from gateway.executors.base import ExpertHandle
 from gateway.executors.dag import fill
 from offline_search.checkpoints import adapter_digest
 from offline_search.config import GenerationConfig, ResolvedExpert, UtilityConfig, _SearchBase
-from offline_search.datasets import Example
 from offline_search.generation import BatchGenerator
-from offline_search.utilities import (
-    EditSimilarity,
-    ExactMatch,
-    LLMJudge,
-    MultipleChoice,
-    Multitask,
-    RewardModel,
-    Utility,
-    UtilityResult,
-)
+from offline_search.multitask import Multitask
+from scoring.base import Utility, UtilityResult
+from scoring.examples import Example
+from scoring.judge import LLMJudge
+from scoring.reference import EditSimilarity, ExactMatch, MultipleChoice
+from scoring.reward import RewardModel
 
 
 class EnginePool:

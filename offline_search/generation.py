@@ -39,11 +39,6 @@ def generated(text: str, finish_reason: str | None) -> Generated:
     return g
 
 
-def is_truncated(text: str) -> bool:
-    """Whether an output was cut at ``max_tokens`` (``finish_reason: length``)."""
-    return getattr(text, "finish_reason", None) == "length"
-
-
 def engine_identity(engine: Engine) -> str:
     model = getattr(engine, "model_path", None) or getattr(engine, "model", None) or id(engine)
     return f"{engine.kind}:{model}"

@@ -40,7 +40,6 @@ from gateway.executors.base import ExpertHandle
 from gateway.executors.dag import PROMPT_PRESETS, DagExecutor, PromptTemplates, Topology, TopologyNode
 from offline_search.checkpoints import LoraAdapter, read_adapter, write_adapter
 from offline_search.config import GraphSearchConfig, Prepared
-from offline_search.datasets import Example
 from offline_search.decode import DecodedGraph, g_decode, random_adjacency
 from offline_search.evaluate import (
     EnginePool,
@@ -56,7 +55,8 @@ from offline_search.generation import BatchGenerator, OutputCache
 from offline_search.model_swarms import check_output_dir
 from offline_search.pso import Params, ParticleSwarm
 from offline_search.tracking import RunLog, drive, plot_convergence
-from offline_search.utilities import UtilityResult
+from scoring.base import UtilityResult
+from scoring.examples import Example
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ Offline (``swarmgate router ...``, config: ``router/toy.yaml`` or your copy)::
 Online, the gateway imports only ``router.policy`` (load, validate, hot reload, decide), ``router.encoders`` and
 ``router.prompts``: numpy and safetensors, never stable-baselines3 or gymnasium. ``gateway.executors.chain`` runs it.
 
-Modules: ``config`` (YAML -> frozen dataclasses), ``data`` (JSONL questions), ``scoring`` (exact, token F1,
-embedding similarity, reward model), ``encoders`` (hashed n-grams, local sentence embeddings), ``prompts`` (the
+Modules: ``config`` (YAML -> frozen dataclasses), ``data`` (task folders of JSONL questions), ``scoring`` (the
+scorer ``ScorerConfig`` names, from the top-level ``scoring`` package), ``encoders`` (hashed n-grams, local sentence embeddings), ``prompts`` (the
 Knowledge Transfer Prompt), ``env``, ``cache``, ``collect``, ``experts`` (engines from a spec), ``train``,
 ``evaluate``, ``retrain``, ``policy``, ``workflow`` (the jobs behind the CLI), ``cli``.
 """

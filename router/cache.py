@@ -34,14 +34,10 @@ CREATE TABLE IF NOT EXISTS answers (
 
 class Truncated(str):
     """An answer the engine cut at ``max_tokens`` (``finish_reason: length``): it scores 0 wherever it is scored,
-    even when its text happens to equal the reference (a cut answer is not an answer)."""
+    even when its text happens to equal the reference (a cut answer is not an answer). Its ``finish_reason`` is what
+    ``scoring.base.is_truncated`` reads, as it does for the searches' generated outputs."""
 
-    truncated = True
-
-
-def is_truncated(text: str) -> bool:
-    """Whether ``text`` is a ``Truncated`` answer."""
-    return bool(getattr(text, "truncated", False))
+    finish_reason = "length"
 
 
 class CacheMismatch(RuntimeError):

@@ -1,21 +1,12 @@
-"""Questions with reference answers, read from JSONL datasets (``{"question", "answer", "task"}`` per line)."""
+"""The router's datasets: a folder per task of JSONL splits, ``<root>/<task>/<split>.jsonl`` (the toy world's layout),
+read into ``scoring.examples.Example`` rows (``{"question", "answer", "task"}`` per line; the answer may be absent)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-
-@dataclass(frozen=True)
-class Example:
-    """One question the router learns or is evaluated on."""
-
-    question: str
-    reference: str | None
-    """Gold answer; None when the scorer needs none (e.g. a reward model on logged questions)."""
-    task: str = ""
+from scoring.examples import Example, read_jsonl
 
 
 def _data_root(root: Path) -> Path:
@@ -26,24 +17,6 @@ def _data_root(root: Path) -> Path:
 def task_names(root: str | Path) -> list[str]:
     base = _data_root(Path(root))
     return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
-
-
-def read_jsonl(path: Path, task: str = "", limit: int | None = None) -> list[Example]:
-    out: list[Example] = []
-    with path.open() as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                out.append(Example(str(row["question"]), row.get("answer"), str(row.get("task", task))))
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise ValueError(
-                    f"{path}:{lineno}: expected a JSON object with 'question' (and 'answer'): {exc}"
-                ) from None
-            if limit is not None and len(out) >= limit:
-                break
-    return out
 
 
 def load_examples(

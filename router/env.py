@@ -20,12 +20,11 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from router.cache import is_truncated
 from router.config import EnvConfig
-from router.data import Example
 from router.encoders import Encoder
 from router.policy import STOP, ObservationLayout
-from router.scoring import Scorer
+from scoring.base import Scorer, is_truncated
+from scoring.examples import Example
 
 AnswerFn = Callable[[str, str, str], str]
 """(expert, question, previous answer) -> the expert's answer."""
@@ -93,7 +92,7 @@ class ChainRoutingEnv(gym.Env[np.ndarray, np.int64]):
         key = (ex.question, answer)
         q = self._quality_memo.get(key)
         if q is None:
-            q = float(self.scorer(answer, ex.reference, ex.question)) if answer else 0.0
+            q = float(self.scorer(answer, ex.answer, ex.question)) if answer else 0.0
             self._quality_memo[key] = q
         return q
 

@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from router.baselines import KeywordRouter, RouteClassifier
-from router.cache import MissingAnswer, is_truncated
-from router.data import Example
+from router.cache import MissingAnswer
 from router.env import AnswerFn
 from router.policy import STOP, RouterPolicy
-from router.scoring import Scorer
+from scoring.base import Scorer, is_truncated
+from scoring.examples import Example
 
 
 @dataclass
@@ -68,7 +68,7 @@ def quality_of(raw: str, example: Example, scorer: Scorer) -> float:
     answer = raw.strip()
     if not answer or is_truncated(raw):
         return 0.0
-    return float(scorer(answer, example.reference, example.question))
+    return float(scorer(answer, example.answer, example.question))
 
 
 def _walk(
@@ -155,7 +155,7 @@ def run_oracle(
                         nxt[a2] = best[(a2, cut)]
         frontier = nxt
     scored = [
-        (0.0 if (cut or not a) else float(scorer(a, example.reference, example.question)), -c, r)
+        (0.0 if (cut or not a) else float(scorer(a, example.answer, example.question)), -c, r)
         for (a, cut), (c, r) in best.items()
     ]
     q, neg_cost, route = max(scored, key=lambda t: (t[0], t[1]))

@@ -6,7 +6,7 @@ Real traffic has no reference answers. ``router retrain`` scores logged question
    answer is wrong, and other answers fall to the judge);
 3. a reference-free judge: ``LMJudge`` (a causal LM as a reward model: the geometric-mean probability it gives the
    answer, e.g. the toy world's big model) or ``OpenAIJudge`` (an LLM judge over any OpenAI-compatible server, e.g.
-   a model the gateway serves, through ``offline_search.utilities.LLMJudge``).
+   a model the gateway serves, through ``scoring.judge.LLMJudge``).
 Questions with none of these are left out (and counted).
 """
 
@@ -18,7 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from router.scoring import ExactMatch, Scorer
+from scoring.base import Scorer
+from scoring.examples import Example
+from scoring.judge import LLMJudge
+from scoring.reference import ExactMatch
 
 
 class LMJudge:
@@ -76,13 +79,9 @@ class OpenAIJudge:
     needs_reference = False
 
     def __init__(self, url: str, model: str, *, api_key_env: str | None = None):
-        from offline_search.utilities import LLMJudge
-
         self._judge = LLMJudge(url, model, api_key_env=api_key_env, use_reference=False)
 
     def __call__(self, prediction: str, reference: str | None = None, question: str = "") -> float:
-        from offline_search.datasets import Example
-
         ex = Example(id="traffic", question=question, answer="")
         return asyncio.run(self._judge.score_examples([ex], [prediction]))[0]
 

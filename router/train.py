@@ -17,11 +17,11 @@ import numpy as np
 
 from router.cache import TableAnswers
 from router.config import RouterConfig, to_dict
-from router.data import Example
 from router.encoders import Encoder
 from router.env import AnswerFn, ChainRoutingEnv, make_layout
 from router.policy import publish_policy, write_policy_files
-from router.scoring import Scorer
+from scoring.base import Scorer
+from scoring.examples import Example
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,8 @@ from typing import Any
 
 from router.cache import Key, TableAnswers, TrajectoryCache
 from router.config import RouterConfig
-from router.data import Example, load_examples, reference_index
+from router.data import load_examples, reference_index
+from scoring.examples import Example
 
 log = logging.getLogger(__name__)
 Say = Callable[[str], None]

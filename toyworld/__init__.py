@@ -6,7 +6,7 @@ Heavy imports (torch, transformers) happen only when building or evaluating.
 
 from toyworld.build import ToyWorld, build_toy_world, default_toy_dir
 from toyworld.format import KTP_TEMPLATE, PREDECESSOR_TEMPLATE, render
-from toyworld.tasks import COMPOSED, SKILLS, TASKS, Example, Task, score_exact
+from toyworld.tasks import COMPOSED, SKILLS, TASKS, Task
 
 __all__ = [
     "COMPOSED",
@@ -14,11 +14,9 @@ __all__ = [
     "PREDECESSOR_TEMPLATE",
     "SKILLS",
     "TASKS",
-    "Example",
     "Task",
     "ToyWorld",
     "build_toy_world",
     "default_toy_dir",
     "render",
-    "score_exact",
 ]

@@ -33,9 +33,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from scoring.examples import Example, read_jsonl
+from scoring.text import exact_match
 from toyworld.format import render
 from toyworld.model import EXPERT_NAMES, ToyConfig
-from toyworld.tasks import COMPOSED, PHRASINGS, SKILLS, TASKS, Example, payload, phrase, score_exact
+from toyworld.tasks import COMPOSED, PHRASINGS, SKILLS, TASKS, payload, phrase
 
 SPLITS = ("train", "dev", "test")
 EXPERTS = tuple(EXPERT_NAMES.values())
@@ -127,12 +129,7 @@ class ToyWorld:
 
     def examples(self, task: str, split: str = "test") -> list[Example]:
         """The examples of one task split (``train``, ``dev`` or ``test``)."""
-        return read_jsonl(self.data_dir / task / f"{split}.jsonl")
-
-
-def read_jsonl(path: Path) -> list[Example]:
-    with path.open() as f:
-        return [Example(**json.loads(line)) for line in f if line.strip()]
+        return read_jsonl(self.data_dir / task / f"{split}.jsonl", task)
 
 
 def _write_jsonl(path: Path, examples: list[Example]) -> None:
@@ -228,7 +225,7 @@ def _worker_init() -> None:
 
 
 def _load_data(out: Path) -> dict[str, dict[str, list[Example]]]:
-    return {t: {s: read_jsonl(out / "data" / t / f"{s}.jsonl") for s in SPLITS} for t in TASKS}
+    return {t: {s: read_jsonl(out / "data" / t / f"{s}.jsonl", t) for s in SPLITS} for t in TASKS}
 
 
 def _save_full(model, directory: Path) -> None:
@@ -251,7 +248,7 @@ def _evaluate(model, data, config: ToyConfig) -> dict[str, float]:
         exs = data[task]["test"]
         prompts = [render(e.question) for e in exs]
         preds = greedy(model, prompts, max_new_tokens=config.max_new_tokens, batch_size=config.eval_batch)
-        acc[task] = sum(score_exact(p, e.answer) for p, e in zip(preds, exs, strict=True)) / max(1, len(exs))
+        acc[task] = sum(exact_match(p, e.answer) for p, e in zip(preds, exs, strict=True)) / max(1, len(exs))
     return acc
 
 
@@ -275,7 +272,7 @@ def _evaluate_chains(out: Path, data, config: ToyConfig) -> dict[str, float]:
         exs = data[task]["test"]
         mid = greedy(models[first], [render(e.question) for e in exs], **kw)
         final = greedy(models[second], [render(e.question, [m]) for e, m in zip(exs, mid, strict=True)], **kw)
-        result[task] = sum(score_exact(p, e.answer) for p, e in zip(final, exs, strict=True)) / max(1, len(exs))
+        result[task] = sum(exact_match(p, e.answer) for p, e in zip(final, exs, strict=True)) / max(1, len(exs))
     return result
 
 

@@ -1,4 +1,4 @@
-"""Synthetic toy tasks: generators and exact-match scorers.
+"""Synthetic toy tasks: generators of examples, scored by exact match (``scoring.text.exact_match``).
 
 Four *skills* a single small model can learn, and two *composed* tasks whose second step works on the first step's
 result, so that a chain (or DAG) of two specialists solves what neither solves alone:
@@ -29,6 +29,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from scoring.examples import Example
+
 ALPHABET = "abcdefgh"
 """Letters the string tasks draw from (small, so a tiny char-level model learns them quickly)."""
 ADD_RANGE = (10, 99)
@@ -44,18 +46,6 @@ COUNT_LEN = (3, 8)
 COUNT_ALPHABET = "ab"
 """Letters of ``count`` strings (two letters keep it learnable; with lengths 3..8 there are 1008 distinct questions,
 enough for disjoint dev, test and training sets)."""
-
-
-@dataclass(frozen=True)
-class Example:
-    """One question with its gold answer."""
-
-    question: str
-    """The task text, e.g. ``add 47 38`` (no prompt scaffolding; see ``toyworld.format.render``)."""
-    answer: str
-    """The exact expected answer, e.g. ``85``."""
-    task: str
-    """Task name (a key of ``TASKS``)."""
 
 
 @dataclass(frozen=True)
@@ -146,11 +136,6 @@ SKILLS: list[str] = ["add", "rev", "sort", "count"]
 """Tasks a single specialist solves."""
 COMPOSED: list[str] = ["addrev", "sortrev"]
 """Tasks that need two skills in sequence."""
-
-
-def score_exact(prediction: str, answer: str) -> float:
-    """1.0 when the prediction equals the answer after stripping surrounding whitespace, else 0.0."""
-    return 1.0 if prediction.strip() == answer.strip() else 0.0
 
 
 PHRASINGS: dict[str, tuple[str, ...]] = {

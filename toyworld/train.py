@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 
+from scoring.examples import Example
 from toyworld.format import render, render_example
 from toyworld.model import ExpertRecipe, TrainSchedule
-from toyworld.tasks import SKILLS, TASKS, Example
+from toyworld.tasks import SKILLS, TASKS
 from toyworld.tokenizer import EOS, PAD, encode, vocab
 
 PAD_ID = vocab()[PAD]
@@ -44,7 +45,7 @@ class Mixture:
 def _plain(pool: list[Example]) -> Source:
     def draw(rng: random.Random) -> tuple[str, list[str], str]:
         ex = rng.choice(pool)
-        return ex.question, [], ex.answer
+        return ex.question, [], ex.answer or ""
 
     return draw
 
@@ -54,8 +55,8 @@ def _with_p(pool: list[Example]) -> Source:
 
     def draw(rng: random.Random) -> tuple[str, list[str], str]:
         ex = rng.choice(pool)
-        p = ex.answer if rng.random() < 0.5 else rng.choice(pool).answer
-        return ex.question, [p], ex.answer
+        p = (ex.answer if rng.random() < 0.5 else rng.choice(pool).answer) or ""
+        return ex.question, [p], ex.answer or ""
 
     return draw
 
@@ -227,7 +228,7 @@ def expert_probes(data: dict[str, dict[str, list[Example]]], recipe: ExpertRecip
     """Dev probes of everything a specialist is trained for: its skill, composed first/second steps."""
     probes: dict[str, Probe] = {}
     exs = data[recipe.skill]["dev"][:limit]
-    probes[recipe.skill] = ([render(e.question) for e in exs], [e.answer for e in exs])
+    probes[recipe.skill] = ([render(e.question) for e in exs], [e.answer or "" for e in exs])
     for t in recipe.first_step_of:
         exs = data[t]["dev"][:limit]
         mids = [TASKS[t].intermediate(e.question) for e in exs]  # type: ignore[misc]
@@ -245,7 +246,7 @@ def expert_probes(data: dict[str, dict[str, list[Example]]], recipe: ExpertRecip
 def skill_probes(data: dict[str, dict[str, list[Example]]], limit: int) -> dict[str, Probe]:
     """Dev probes of the four skills (plain format)."""
     return {
-        s: ([render(e.question) for e in data[s]["dev"][:limit]], [e.answer for e in data[s]["dev"][:limit]])
+        s: ([render(e.question) for e in data[s]["dev"][:limit]], [e.answer or "" for e in data[s]["dev"][:limit]])
         for s in SKILLS
     }
 

@@ -55,7 +55,7 @@ def test_image_matches_the_chart(name: str) -> None:
     for base in re.findall(r"^ARG \w+_IMAGE=(\S+)$", text, re.M):
         assert ":" in base and not base.endswith(":latest"), base
     # every package directory setuptools would install is copied into the image
-    packages = {"swarmgate", "gateway", "router", "offline_search", "toyworld"}
+    packages = {"swarmgate", "gateway", "router", "offline_search", "scoring", "toyworld"}
     assert packages <= set(re.findall(r"^COPY (\w+) \./\1$", text, re.M))
 
 

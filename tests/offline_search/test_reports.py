@@ -17,12 +17,14 @@ import yaml
 from gateway.engines.base import Adapter, Completion, Prompt, SamplingParams
 from gateway.executors.base import ExpertHandle
 from gateway.executors.dag import PROMPT_PRESETS, DagExecutor
-from offline_search.datasets import Example
-from offline_search.generation import BatchGenerator, OutputCache, is_truncated
+from offline_search.generation import BatchGenerator, OutputCache
 from offline_search.hetero_swarms import chain_topology
 from offline_search.model_swarms import initial_swarm, random_search_draws
+from offline_search.multitask import Multitask
 from offline_search.pso import interpolate_children
-from offline_search.utilities import ExactMatch, Multitask
+from scoring.base import is_truncated
+from scoring.examples import Example
+from scoring.reference import ExactMatch
 from tests.offline_search.fakes import RuleEngine, _content, apply_skill
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from gateway.engines.base import Adapter, Chunk, Engine, Prompt, SamplingParams
 from gateway.executors.base import ExpertHandle
-from router.data import Example
+from scoring.examples import Example
 
 TOY_KTP = "{question}\nP: {previous}"
 EXPERTS = ["base", "adder", "reverser", "sorter", "counter", "big"]

@@ -15,8 +15,8 @@ from router.config import BaselineConfig, KeywordRule, RouterConfig
 from router.encoders import HashedNgramEncoder
 from router.evaluate import evaluate, run_oracle
 from router.policy import load_policy
-from router.scoring import ExactMatch
 from router.workflow import evaluate_policy
+from scoring.reference import ExactMatch
 from tests.router.conftest import scripted_policy
 from tests.router.fakeworld import COSTS, EXPERTS, answer_fn, make_examples
 from tests.router.test_workflow import fill_cache, write_dataset

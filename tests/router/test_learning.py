@@ -11,8 +11,8 @@ from router.config import EnvConfig, PPOConfig, TrainConfig
 from router.encoders import HashedNgramEncoder
 from router.evaluate import evaluate
 from router.policy import load_policy
-from router.scoring import ExactMatch
 from router.train import train_and_publish
+from scoring.reference import ExactMatch
 from tests.router.conftest import small_config
 from tests.router.fakeworld import COSTS, EXPERTS, answer_fn, make_examples
 

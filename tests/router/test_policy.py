@@ -23,8 +23,8 @@ from router.policy import (
     publish_policy,
     resolve_policy_dir,
 )
-from router.scoring import ExactMatch
 from router.train import export_policy, train_ppo
+from scoring.reference import ExactMatch
 from tests.router.conftest import scripted_policy
 from tests.router.fakeworld import COSTS, EXPERTS, answer_fn, make_examples
 

@@ -16,10 +16,10 @@ from router.cache import TrajectoryCache
 from router.cli import app
 from router.collect import collect
 from router.config import RouterConfig, TrainConfig, load_config, to_dict
-from router.data import Example
 from router.policy import POINTER, load_policy
 from router.retrain import digest_log
 from router.workflow import evaluate_policy, load_split, retrain_from_logs, train_on
+from scoring.examples import Example
 from tests.router.conftest import small_config
 from tests.router.fakeworld import EXPERTS, TASKS, TOY_KTP, make_examples, make_handles
 
@@ -29,7 +29,7 @@ def write_dataset(root: Path, splits: dict[str, list[Example]]) -> Path:
         for task in TASKS:
             d = root / "data" / task
             d.mkdir(parents=True, exist_ok=True)
-            rows = [{"question": e.question, "answer": e.reference, "task": e.task} for e in examples if e.task == task]
+            rows = [{"question": e.question, "answer": e.answer, "task": e.task} for e in examples if e.task == task]
             (d / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
 

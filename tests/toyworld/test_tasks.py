@@ -1,4 +1,4 @@
-"""Tasks, phrasings, scorers and the prompt format (no models: milliseconds)."""
+"""Tasks, phrasings and the prompt format (no models: milliseconds)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,11 @@ from toyworld.tasks import (
     PHRASINGS,
     SKILLS,
     TASKS,
-    Example,
     arguments,
     parse,
     payload,
     phrase,
     phrasing_of,
-    score_exact,
     task_of,
 )
 
@@ -89,19 +87,6 @@ def test_operands_have_at_least_two_digits() -> None:
         _, a, b = TASKS["add"].sample(rng).question.split()
         assert len(a) >= 2 and len(b) >= 2
         assert int(a[-1]) + int(b[-1]) < 10  # units never carry (learnable in the time budget)
-
-
-def test_score_exact() -> None:
-    assert score_exact(" 85\n", "85") == 1.0
-    assert score_exact("85", " 85 ") == 1.0
-    assert score_exact("58", "85") == 0.0
-    assert score_exact("", "85") == 0.0
-    assert score_exact("8 5", "85") == 0.0
-
-
-def test_example_is_a_dataclass() -> None:
-    ex = Example(question="add 1 2", answer="3", task="add")
-    assert (ex.question, ex.answer, ex.task) == ("add 1 2", "3", "add")
 
 
 def test_render() -> None:

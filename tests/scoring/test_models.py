@@ -1,4 +1,4 @@
-"""Utilities: exact match, multiple choice, multitask harmonic mean, a real reward model, an LLM judge over HTTP."""
+"""Model-backed utilities: a real reward model, an LLM judge over HTTP."""
 
 from __future__ import annotations
 
@@ -7,63 +7,11 @@ import re
 
 import pytest
 
-from offline_search.datasets import Example
-from offline_search.utilities import (
-    EditSimilarity,
-    ExactMatch,
-    LLMJudge,
-    MultipleChoice,
-    Multitask,
-    RewardModel,
-    harmonic_mean,
-    levenshtein,
-)
+from scoring.examples import Example
+from scoring.judge import LLMJudge
+from scoring.reward import RewardModel
 
 ADD = [Example("add 1 2", "3", "add"), Example("add 2 2", "4", "add")]
-REV = [Example("rev ab", "ba", "rev"), Example("rev abc", "cba", "rev")]
-
-
-async def test_exact_match_normalises_whitespace_and_case():
-    em = ExactMatch()
-    assert (await em.score(ADD, [" 3 ", "5"])).value == 0.5
-    assert (await ExactMatch(case_sensitive=False).score([Example("q", "Paris")], ["paris"])).value == 1.0
-    assert (await em.score([Example("q", "a b")], ["a   b\n"])).value == 1.0
-
-
-async def test_edit_similarity_gives_partial_credit():
-    assert levenshtein("kitten", "sitting") == 3 and levenshtein("", "abc") == 3 and levenshtein("ab", "ab") == 0
-    sim = EditSimilarity()
-    r = await sim.score(REV, ["ba", "cab"])  # exact; two substitutions in three characters
-    assert r.per_example == [1.0, pytest.approx(1 / 3)]
-    assert (await sim.score([Example("q", "701")], ["107 "])).value == pytest.approx(1 / 3)  # digits right, order not
-    assert (await sim.score([Example("q", "12")], ["1234"])).value == 0.5  # two extra characters over four
-    assert (await sim.score([Example("q", "12")], [""])).value == 0.0
-    assert (await EditSimilarity(case_sensitive=False).score([Example("q", "Ab")], ["aB"])).value == 1.0
-
-
-async def test_multitask_is_the_harmonic_mean_over_tasks():
-    mt = Multitask(ExactMatch())
-    r = await mt.score(ADD + REV, ["3", "4", "ba", "x"])  # add 1.0, rev 0.5
-    assert r.per_task == {"add": 1.0, "rev": 0.5}
-    assert r.value == pytest.approx(2 / (1 / 1.0 + 1 / 0.5))
-    assert (await mt.score(ADD + REV, ["3", "4", "x", "x"])).value == 0.0  # useless at one task: 0
-    # a task the config names but the batch lacks counts as 0
-    assert (await Multitask(ExactMatch(), ["add", "sort"]).score(ADD, ["3", "4"])).value == 0.0
-    assert harmonic_mean([]) == 0.0
-
-
-async def test_multiple_choice_reads_the_committed_letter():
-    exs = [
-        Example("q1", "B", choices=("x", "y", "z")),
-        Example("q2", "z", choices=("x", "y", "z")),
-        Example("q3", "(A)", choices=("x", "y")),
-    ]
-    r = await MultipleChoice().score(exs, ["The answer is (B).", "C", "I think B"])
-    assert r.per_example == [1.0, 1.0, 0.0]
-    assert MultipleChoice.predicted_letter("A little thought: answer: D", 4) == "D"
-    assert MultipleChoice.predicted_letter("no letter here", 4) is None
-    with pytest.raises(ValueError, match="neither a letter"):
-        MultipleChoice.gold_letter(Example("q", "w", choices=("x",)))
 
 
 @pytest.fixture(scope="module")
