@@ -66,14 +66,16 @@ def cache_root() -> Path:
 
 
 def build_hash(config: ToyConfig | None = None) -> str:
-    """Content hash of the toyworld sources, the config and the library versions that shape the weights."""
+    """Content hash of the toyworld sources (and ``scoring``'s examples and exact match), the config and the library versions that shape the weights."""
     import peft
     import torch
     import transformers
 
     h = hashlib.sha256()
     src = Path(__file__).resolve().parent
-    for path in sorted(src.glob("*.py")):
+    # the toy world's own code, and the shared examples and exact match its data and accuracy table go through
+    shared = [src.parent / "scoring" / name for name in ("examples.py", "text.py")]
+    for path in [*sorted(src.glob("*.py")), *shared]:
         # the syntax tree, not the bytes: reformatting or editing comments does not rebuild
         tree = ast.dump(ast.parse(path.read_text()), include_attributes=False)
         h.update(path.name.encode() + b"\0" + tree.encode() + b"\0")
