@@ -64,8 +64,8 @@ def bench_decide(policy: Any, questions: list[str], answers: list[str]) -> dict[
 
 def sentence_twin(policy: Any) -> Any:
     """The policy's network shape over the sentence encoder (random weights): only for latency."""
-    from router.encoders import SentenceEncoder
-    from router.policy import RouterPolicy
+    from gateway.routing.encoders import SentenceEncoder
+    from gateway.routing.policy import RouterPolicy
 
     enc = SentenceEncoder()
     rng = np.random.default_rng(0)
@@ -221,10 +221,10 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench" / "router_bench.json")
     args = ap.parse_args()
 
+    from gateway.routing.policy import load_policy, resolve_policy_dir
     from router.cache import TrajectoryCache
     from router.config import load_config
     from router.deploy import write_chain_spec
-    from router.policy import load_policy, resolve_policy_dir
 
     cfg = load_config(args.config)
     policy_root = args.policy or Path(cfg.policy_dir)

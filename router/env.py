@@ -8,7 +8,7 @@ Prompt that carries the previous answer (in training, a lookup in the trajectory
 
 Reward of a call: ``q_t - lambda * cost(e) + beta * (q_t - q_{t-1})`` (``RewardConfig`` says where q_t is paid);
 when the episode ends, a bonus if quality reached the threshold, a penalty if the step limit ended it below.
-The observation is built by ``router.policy.ObservationLayout``, the same code the gateway runs.
+The observation is built by ``gateway.routing.observation.ObservationLayout``, the same code the gateway runs.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from gateway.routing.encoders import Encoder
+from gateway.routing.observation import ObservationLayout
+from gateway.routing.policy import STOP
 from router.cache import is_truncated
 from router.config import EnvConfig
 from router.data import Example
-from router.encoders import Encoder
-from router.policy import STOP, ObservationLayout
 from router.scoring import Scorer
 
 AnswerFn = Callable[[str, str, str], str]

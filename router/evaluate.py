@@ -24,11 +24,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.routing.policy import STOP, RouterPolicy
 from router.baselines import KeywordRouter, RouteClassifier
 from router.cache import MissingAnswer, is_truncated
 from router.data import Example
 from router.env import AnswerFn
-from router.policy import STOP, RouterPolicy
 from router.scoring import Scorer
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from gateway.routing.encoders import HashedNgramEncoder
 from router.cache import Truncated
 from router.config import EnvConfig, RewardConfig
 from router.data import Example
-from router.encoders import HashedNgramEncoder
 from router.env import ChainRoutingEnv
 
 # expert "0.3" answers "0.3" (quality 0.3); "cut" answers a truncated "1.0"; "blank" answers whitespace

@@ -20,9 +20,10 @@ import pytest
 import yaml
 
 from gateway.api.app import create_app
+from gateway.routing.policy import POINTER, WEIGHTS_FILE, load_policy
 from gateway.settings import Settings
 from router.deploy import write_chain_spec
-from router.policy import POINTER, WEIGHTS_FILE, load_policy, publish_policy
+from router.publish import publish_policy
 from router.retrain import digest_log
 from tests.helpers import serving, wait_until
 from tests.router.conftest import scripted_policy
@@ -40,7 +41,7 @@ def train_toy_policy(root: Path) -> Path:
 
     The trajectories come from the rule-based fake world (``tests.router.fakeworld``: the toy tasks solved by rules,
     so training takes seconds); serving then runs it over the toy world's real checkpoints."""
-    from router.encoders import HashedNgramEncoder
+    from gateway.routing.encoders import HashedNgramEncoder
     from router.scoring import ExactMatch
     from router.train import export_policy, train_ppo
     from tests.router.conftest import small_config
