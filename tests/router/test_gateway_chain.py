@@ -200,13 +200,14 @@ def test_trained_policy_is_served_as_it_decides_offline(served, client: openai.O
         route = route_of(r)
         routes.append([s["expert"] for s in route])
         assert all(s["policy_version"] == policy.version for s in route)
-        answer, spent = "", 0.0
+        answer, spent, called = "", 0.0, routes[-1]
         for k, step in enumerate(route):
-            assert policy.decide(q, answer, k, spent, 0.05).name == step["expert"], (q, k, route)
+            decision = policy.decide(q, answer, k, spent, 0.05, route=called[:k])
+            assert decision.name == step["expert"], (q, k, route)
             out = step["output"] if k < len(route) - 1 else r.choices[0].message.content
             answer, spent = out.strip(), spent + cost[step["expert"]]
         if len(route) < min(3, policy.max_steps):
-            assert policy.decide(q, answer, len(route), spent, 0.05).name == "stop"
+            assert policy.decide(q, answer, len(route), spent, 0.05, route=called).name == "stop"
 
 
 @pytest.mark.parametrize("breakage", ["experts", "corrupted"])
