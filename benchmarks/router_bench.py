@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import platform
@@ -64,8 +65,7 @@ def bench_decide(policy: Any, questions: list[str], answers: list[str]) -> dict[
 
 def sentence_twin(policy: Any) -> Any:
     """The policy's network shape over the sentence encoder (random weights): only for latency."""
-    from router.encoders import SentenceEncoder
-    from router.policy import RouterPolicy
+    from gateway.routing.encoders import SentenceEncoder
 
     enc = SentenceEncoder()
     rng = np.random.default_rng(0)
@@ -75,18 +75,7 @@ def sentence_twin(policy: Any) -> Any:
         out = w.shape[0]
         layers.append((rng.normal(0, 0.05, (out, prev)).astype(np.float32), np.zeros(out, np.float32)))
         prev = out
-    return RouterPolicy(
-        experts=policy.experts,
-        costs=policy.costs,
-        layers=layers,
-        activation=policy.activation,
-        encoder=enc,
-        layout=policy.layout,
-        ktp_template=policy.ktp_template,
-        cost_weights=policy.cost_weights,
-        default_cost_weight=policy.default_cost_weight,
-        version="sentence-twin",
-    )
+    return dataclasses.replace(policy, layers=layers, encoder=enc, meta={}, version="sentence-twin", path="")
 
 
 async def drive(call: Any, items: list[Any], concurrency: int) -> tuple[float, list[float], list[Any]]:
@@ -221,10 +210,10 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench" / "router_bench.json")
     args = ap.parse_args()
 
+    from gateway.routing.policy import load_policy, resolve_policy_dir
     from router.cache import TrajectoryCache
     from router.config import load_config
     from router.deploy import write_chain_spec
-    from router.policy import load_policy, resolve_policy_dir
 
     cfg = load_config(args.config)
     policy_root = args.policy or Path(cfg.policy_dir)

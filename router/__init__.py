@@ -11,11 +11,14 @@ Offline (``swarmgate router ...``, config: ``router/toy.yaml`` or your copy)::
     retrain   the gateway's request log -> cache entries -> PPO -> the next version   router.retrain
     spec      a serving spec with a ``kind: chain`` ensemble over the policy          router.deploy
 
-Online, the gateway imports only ``router.policy`` (load, validate, hot reload, decide), ``router.encoders`` and
-``router.prompts``: numpy and safetensors, never stable-baselines3 or gymnasium. ``gateway.executors.chain`` runs it.
+Online, the gateway serves what ``train`` publishes with ``gateway.routing`` (the policy format, loading and hot
+reload, the encoders, the chain prompts: numpy and safetensors, never stable-baselines3 or gymnasium) and
+``gateway.executors.chain``. ``router`` imports ``gateway``; ``gateway`` never imports ``router``.
 
 Modules: ``config`` (YAML -> frozen dataclasses), ``data`` (task folders of JSONL questions), ``scoring`` (the
-scorer ``ScorerConfig`` names, from the top-level ``scoring`` package), ``encoders`` (hashed n-grams, local sentence embeddings), ``prompts`` (the
-Knowledge Transfer Prompt), ``env``, ``cache``, ``collect``, ``experts`` (engines from a spec), ``train``,
-``evaluate``, ``retrain``, ``policy``, ``workflow`` (the jobs behind the CLI), ``cli``.
+scorer ``ScorerConfig`` names, from the top-level ``scoring`` package), ``judges`` (reference-free scorers for logged
+traffic, combined with user feedback), ``env`` (the MDP, gymnasium), ``cache`` (the trajectory cache), ``collect``,
+``experts`` (engines from a spec), ``train`` (PPO and export), ``publish`` (writes policy versions and moves
+``CURRENT``), ``baselines`` (keyword router, supervised route classifier), ``evaluate``, ``retrain``, ``deploy`` (the
+serving spec), ``workflow`` (the jobs behind the CLI), ``cli``.
 """

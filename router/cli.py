@@ -138,8 +138,8 @@ def eval_(
     limit: Annotated[int | None, typer.Option(help="Examples per task (default: data.eval_limit_per_task).")] = None,
 ) -> None:
     """Quality-versus-cost table and frontier plot of the router and the baselines."""
+    from gateway.routing.policy import PolicyError
     from router.cache import CacheMismatch
-    from router.policy import PolicyError
     from router.workflow import evaluate_policy
 
     cfg = _config(config, limit=limit)
@@ -216,8 +216,8 @@ def spec(
     max_steps: Annotated[int | None, typer.Option(help="Step limit (default: the policy's).")] = None,
 ) -> None:
     """Write a serving spec: the config's spec plus a kind: chain ensemble over the trained policy."""
+    from gateway.routing.policy import PolicyError, load_policy
     from router.deploy import write_chain_spec
-    from router.policy import PolicyError, load_policy
 
     cfg = _config(config)
     if not cfg.spec:

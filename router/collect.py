@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 
 from gateway.engines.base import SamplingParams
 from gateway.executors.base import ExpertHandle
+from gateway.routing.prompts import step_prompt
 from router.cache import Answer, Key, TrajectoryCache, Truncated
-from router.prompts import step_prompt
 
 
 @dataclass

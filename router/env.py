@@ -8,7 +8,7 @@ Prompt that carries the previous answer (in training, a lookup in the trajectory
 
 Reward of a call: ``q_t - lambda * cost(e) + beta * (q_t - q_{t-1})`` (``RewardConfig`` says where q_t is paid);
 when the episode ends, a bonus if quality reached the threshold, a penalty if the step limit ended it below.
-The observation is built by ``router.policy.ObservationLayout``, the same code the gateway runs.
+The observation is built by ``gateway.routing.observation.ObservationLayout``, the same code the gateway runs.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from gateway.routing.encoders import Encoder
+from gateway.routing.observation import ObservationLayout
+from gateway.routing.policy import STOP
 from router.config import EnvConfig
-from router.encoders import Encoder
-from router.policy import STOP, ObservationLayout
 from scoring.base import Scorer, is_truncated
 from scoring.examples import Example
 

@@ -24,10 +24,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.routing.policy import STOP, RouterPolicy
 from router.baselines import KeywordRouter, RouteClassifier
 from router.cache import MissingAnswer
 from router.env import AnswerFn
-from router.policy import STOP, RouterPolicy
 from scoring.base import Scorer, is_truncated
 from scoring.examples import Example
 

@@ -20,7 +20,7 @@ def build_scorer(cfg: Any) -> Scorer:
     if cfg.name == "f1":
         return TokenF1()
     if cfg.name == "similarity":
-        from router.encoders import SentenceEncoder
+        from gateway.routing.encoders import SentenceEncoder
 
         return EmbeddingSimilarity(SentenceEncoder(cfg.model_path))
     if cfg.name == "reward_model":

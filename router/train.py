@@ -15,17 +15,30 @@ from typing import Any
 
 import numpy as np
 
+from gateway.routing.encoders import Encoder, HashedNgramEncoder, build_encoder, build_vocab
 from router.cache import TableAnswers
-from router.config import RouterConfig, to_dict
-from router.encoders import Encoder
+from router.config import EncoderConfig, RouterConfig, to_dict
 from router.env import AnswerFn, ChainRoutingEnv, make_layout
-from router.policy import publish_policy, write_policy_files
+from router.publish import publish_policy, write_policy_files
 from scoring.base import Scorer
 from scoring.examples import Example
 
 log = logging.getLogger(__name__)
 
 ACTIVATION_NAMES = {"tanh": "Tanh", "relu": "ReLU"}
+
+
+def encoder_from_config(cfg: EncoderConfig, texts: Sequence[str] = ()) -> Encoder:
+    """The encoder a new policy is trained with; ``texts`` (the training questions) give the vocabulary when
+    ``cfg.vocab_min_questions`` > 0."""
+    if cfg.kind == "hashed":
+        vocab = None
+        if cfg.vocab_min_questions > 0:
+            if not texts:
+                raise ValueError("encoder.vocab_min_questions needs the training questions to build its vocabulary")
+            vocab = build_vocab(texts, cfg.vocab_min_questions)
+        return HashedNgramEncoder(dim=cfg.dim, ngrams=cfg.ngrams, words=cfg.words, vocab=vocab)
+    return build_encoder({"kind": cfg.kind, "model_path": cfg.model_path, "max_length": cfg.max_length})
 
 
 def env_factory(

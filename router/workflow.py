@@ -188,9 +188,8 @@ def train_on(
 ) -> Path:
     """PPO on the cached answers of ``examples`` (``scorer`` overrides the configured one; ``extra_table_path``, a
     cache of logged answers, fills transitions the collected cache lacks) and publish under ``policy_root``."""
-    from router.encoders import encoder_from_config
     from router.scoring import build_scorer
-    from router.train import train_and_publish
+    from router.train import encoder_from_config, train_and_publish
 
     experts = resolve_experts(cfg)
     table = _tables(cfg, examples)
@@ -277,9 +276,9 @@ def evaluate_policy(
     trained lambda, marking the one dev selected. Only collected answers are read: the gateway's logged answers
     (any sampling settings) never enter an evaluation.
     """
+    from gateway.routing.policy import load_policy
     from router.baselines import KeywordRouter
     from router.evaluate import evaluate, markdown_table, select_cost_weight, write_report
-    from router.policy import load_policy
     from router.scoring import build_scorer
 
     split = split or (cfg.data.test_split if final else cfg.data.eval_split)
@@ -500,8 +499,9 @@ def retrain_from_logs(
     only when it beats the serving policy on the dev split (``force_publish`` skips the gate)."""
     import shutil
 
+    from gateway.routing.policy import PolicyError, load_policy
     from router.judges import TrafficScorer, build_judge
-    from router.policy import PolicyError, load_policy, publish_policy
+    from router.publish import publish_policy
     from router.retrain import digest_log, read_feedback
     from router.scoring import build_scorer
 

@@ -57,7 +57,7 @@ class TokenF1(PerExample):
 
 class EmbeddingSimilarity(PerExample):
     """Cosine similarity of sentence embeddings of prediction and reference, clipped to [0, 1]; ``encoder`` has
-    ``encode(texts) -> unit vectors`` (e.g. ``router.encoders.SentenceEncoder``)."""
+    ``encode(texts) -> unit vectors`` (e.g. ``gateway.routing.encoders.SentenceEncoder``)."""
 
     name = "embedding_similarity"
 

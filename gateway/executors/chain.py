@@ -25,9 +25,10 @@ from gateway.engines.base import Chunk, Prompt, SamplingParams
 from gateway.errors import InvalidRequestError
 from gateway.executors.base import ExecEvent, ExecRequest, Executor, ExpertHandle, StepInfo, question_of
 from gateway.executors.raw import refuse_for_ensemble, refuse_token_prompt, refuse_unsupported, split_raw
+from gateway.routing.holder import PolicyHolder
+from gateway.routing.policy import PolicyError, RouterPolicy
+from gateway.routing.prompts import chain_prompt, ktp_content
 from gateway.spec import ChainEnsemble, SpecError
-from router.policy import PolicyError, PolicyHolder, RouterPolicy
-from router.prompts import chain_prompt, ktp_content
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gateway.routing.encoders import HashedNgramEncoder
+from gateway.routing.observation import ObservationLayout
 from router.config import EnvConfig, PPOConfig, RouterConfig, TrainConfig
-from router.encoders import HashedNgramEncoder
-from router.policy import ObservationLayout, publish_policy, write_policy_files
+from router.publish import publish_policy, write_policy_files
 from tests.router.fakeworld import COSTS, EXPERTS, TOY_KTP
 
 DIM = 32

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from gateway.routing.encoders import HashedNgramEncoder
+from gateway.routing.policy import load_policy
 from router.baselines import KeywordRouter, RouteClassifier
 from router.cache import TableAnswers, Truncated
 from router.config import BaselineConfig, KeywordRule, RouterConfig
-from router.encoders import HashedNgramEncoder
 from router.evaluate import evaluate, run_oracle
-from router.policy import load_policy
 from router.workflow import evaluate_policy
 from scoring.reference import ExactMatch
 from tests.router.conftest import scripted_policy

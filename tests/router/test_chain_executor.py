@@ -11,8 +11,9 @@ from gateway.engines.base import Chunk, SamplingParams
 from gateway.errors import InvalidRequestError
 from gateway.executors.base import ExecRequest, StepInfo
 from gateway.executors.chain import ChainExecutor
+from gateway.routing.policy import POINTER, WEIGHTS_FILE
 from gateway.spec import ChainEnsemble, SpecError
-from router.policy import POINTER, WEIGHTS_FILE, publish_policy
+from router.publish import publish_policy
 from tests.router.conftest import scripted_policy
 from tests.router.fakeworld import COSTS, EXPERTS, make_handles
 
@@ -188,7 +189,7 @@ async def test_the_gateway_passes_the_route_so_far_to_the_policy(tmp_path: Path)
     Given no route, it would call the adder at every step."""
     import numpy as np
 
-    from router.policy import ObservationLayout
+    from gateway.routing.observation import ObservationLayout
     from tests.router.conftest import DIM, write_linear_policy
 
     steps_limit, n = 3, len(EXPERTS)

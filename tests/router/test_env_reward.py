@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from gateway.routing.encoders import HashedNgramEncoder
 from router.cache import Truncated
 from router.config import EnvConfig, RewardConfig
-from router.encoders import HashedNgramEncoder
 from router.env import ChainRoutingEnv
 from scoring.examples import Example
 

@@ -20,9 +20,10 @@ import pytest
 import yaml
 
 from gateway.api.app import create_app
+from gateway.routing.policy import POINTER, WEIGHTS_FILE, load_policy
 from gateway.settings import Settings
 from router.deploy import write_chain_spec
-from router.policy import POINTER, WEIGHTS_FILE, load_policy, publish_policy
+from router.publish import publish_policy
 from router.retrain import digest_log
 from tests.helpers import serving, wait_until
 from tests.router.conftest import scripted_policy
@@ -40,7 +41,7 @@ def train_toy_policy(root: Path) -> Path:
 
     The trajectories come from the rule-based fake world (``tests.router.fakeworld``: the toy tasks solved by rules,
     so training takes seconds); serving then runs it over the toy world's real checkpoints."""
-    from router.encoders import HashedNgramEncoder
+    from gateway.routing.encoders import HashedNgramEncoder
     from router.train import export_policy, train_ppo
     from scoring.reference import ExactMatch
     from tests.router.conftest import small_config
@@ -199,13 +200,14 @@ def test_trained_policy_is_served_as_it_decides_offline(served, client: openai.O
         route = route_of(r)
         routes.append([s["expert"] for s in route])
         assert all(s["policy_version"] == policy.version for s in route)
-        answer, spent = "", 0.0
+        answer, spent, called = "", 0.0, routes[-1]
         for k, step in enumerate(route):
-            assert policy.decide(q, answer, k, spent, 0.05).name == step["expert"], (q, k, route)
+            decision = policy.decide(q, answer, k, spent, 0.05, route=called[:k])
+            assert decision.name == step["expert"], (q, k, route)
             out = step["output"] if k < len(route) - 1 else r.choices[0].message.content
             answer, spent = out.strip(), spent + cost[step["expert"]]
         if len(route) < min(3, policy.max_steps):
-            assert policy.decide(q, answer, len(route), spent, 0.05).name == "stop"
+            assert policy.decide(q, answer, len(route), spent, 0.05, route=called).name == "stop"
 
 
 @pytest.mark.parametrize("breakage", ["experts", "corrupted"])

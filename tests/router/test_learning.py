@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from gateway.routing.encoders import HashedNgramEncoder
+from gateway.routing.policy import load_policy
 from router.config import EnvConfig, PPOConfig, TrainConfig
-from router.encoders import HashedNgramEncoder
 from router.evaluate import evaluate
-from router.policy import load_policy
 from router.train import train_and_publish
 from scoring.reference import ExactMatch
 from tests.router.conftest import small_config

@@ -11,18 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from gateway.routing.encoders import HashedNgramEncoder
+from gateway.routing.holder import PolicyHolder
+from gateway.routing.policy import POINTER, POLICY_JSON, WEIGHTS_FILE, PolicyError, load_policy, resolve_policy_dir
 from router.config import RouterConfig
-from router.encoders import HashedNgramEncoder
-from router.policy import (
-    POINTER,
-    POLICY_JSON,
-    WEIGHTS_FILE,
-    PolicyError,
-    PolicyHolder,
-    load_policy,
-    publish_policy,
-    resolve_policy_dir,
-)
+from router.publish import publish_policy
 from router.train import export_policy, train_ppo
 from scoring.reference import ExactMatch
 from tests.router.conftest import scripted_policy
@@ -73,7 +66,7 @@ def test_policy_json_names_encoder_experts_costs_and_version(trained) -> None:
 
 def test_serving_import_does_not_pull_stable_baselines3() -> None:
     code = (
-        "import sys, router.policy, gateway.executors.chain; "
+        "import sys, gateway.routing.policy, gateway.routing.holder, gateway.executors.chain; "
         "bad = [m for m in sys.modules if m.startswith(('stable_baselines3', 'gymnasium'))]; "
         "assert not bad, bad"
     )

