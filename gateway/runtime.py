@@ -121,10 +121,6 @@ class Runtime:
                 raise SpecError(self.spec_path, f"ensembles.{name}.experts", str(exc)) from None
         raise SpecError(self.spec_path, f"ensembles.{name}", f"unsupported kind {getattr(ens, 'kind', '?')!r}")
 
-    def kind_of(self, model: str) -> str:
-        ex = self.executors[model]
-        return ex.kind
-
     async def close(self, *, keep: Runtime | None = None) -> None:
         """Close executors and the engines the ``keep`` runtime doesn't share."""
         for ex in self.executors.values():
