@@ -1,8 +1,9 @@
 """The runtime: engines, experts and executors built from a spec, started, and swapped atomically on reload.
 
-Experts on the same base model (same engine kind, model and engine arguments) share one engine. A reload builds the
-new runtime completely (reusing engines whose key is unchanged) before it replaces the old one; if anything fails the
-new engines are closed and the old runtime keeps serving (``last_error`` says why).
+Experts on the same base model (same engine kind, model and engine arguments) share one engine from the runtime's
+engine pool (``gateway.engines.pool``), which names adapters by path and content, so a reload serves an adapter whose
+files changed. A reload builds the new runtime completely (reusing engines whose key is unchanged) before it replaces
+the old one; if anything fails the new engines are closed and the old runtime keeps serving (``last_error`` says why).
 
 Requests pin the runtime they started on (``RuntimeHolder.acquire``): a request that is running or queued during a
 reload finishes on the executors it started with. A replaced runtime's engines are closed when its last request
