@@ -1,8 +1,9 @@
 """The runtime: engines, experts and executors built from a spec, started, and swapped atomically on reload.
 
-Experts on the same base model (same engine kind, model and engine arguments) share one engine. A reload builds the
-new runtime completely (reusing engines whose key is unchanged) before it replaces the old one; if anything fails the
-new engines are closed and the old runtime keeps serving (``last_error`` says why).
+Experts on the same base model (same engine kind, model and engine arguments) share one engine from the runtime's
+engine pool (``gateway.engines.pool``), which names adapters by path and content, so a reload serves an adapter whose
+files changed. A reload builds the new runtime completely (reusing engines whose key is unchanged) before it replaces
+the old one; if anything fails the new engines are closed and the old runtime keeps serving (``last_error`` says why).
 
 Requests pin the runtime they started on (``RuntimeHolder.acquire``): a request that is running or queued during a
 reload finishes on the executors it started with. A replaced runtime's engines are closed when its last request
@@ -13,8 +14,6 @@ and executor builds (policy, encoder, topology files) run off the event loop.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import os
 from collections import Counter
@@ -23,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.engines import create_engine, resolve_engine_kind
 from gateway.engines.adapters import adapter_mismatch
-from gateway.engines.base import Adapter, Engine, EngineError
+from gateway.engines.base import Engine, EngineError
+from gateway.engines.pool import EnginePool
 from gateway.executors.base import Executor, ExpertHandle
 from gateway.executors.expert import ExpertExecutor
 from gateway.spec import ChainEnsemble, DagEnsemble, ExpertEnsemble, ExpertSpec, Spec, SpecError
@@ -33,35 +32,12 @@ from gateway.spec import ChainEnsemble, DagEnsemble, ExpertEnsemble, ExpertSpec,
 log = logging.getLogger(__name__)
 
 
-def engine_key(kind: str, e: ExpertSpec) -> str:
-    """Experts with equal keys share one engine."""
-    return json.dumps(
-        {
-            "kind": kind,
-            "model": e.model,
-            "url": e.url,
-            "api_key_env": e.api_key_env,
-            "timeout_s": e.timeout_s if kind == "openai" else None,
-            "args": e.engine_args,
-        },
-        sort_keys=True,
-    )
-
-
-def adapter_for(name: str, path: str) -> Adapter:
-    """An Adapter whose name changes when the files change (engines cache adapters by name)."""
-    h = hashlib.sha256(str(Path(path).resolve()).encode())
-    for f in sorted(Path(path).glob("adapter_*")):
-        st = f.stat()
-        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return Adapter(name=f"{name}@{h.hexdigest()[:12]}", path=str(path))
-
-
 @dataclass(eq=False)
 class Runtime:
     spec: Spec
     spec_path: str | None
-    engines: dict[str, Engine] = field(default_factory=dict)
+    pool: EnginePool = field(default_factory=EnginePool)
+    """The engines this runtime's experts run on (shared with the runtime it replaced where keys are equal)."""
     experts: dict[str, ExpertHandle] = field(default_factory=dict)
     executors: dict[str, Executor] = field(default_factory=dict)
     active: int = 0
@@ -70,6 +46,11 @@ class Runtime:
     """Replaced by a newer runtime: its engines close when ``active`` drops to zero."""
     on_idle: Callable[[], None] | None = None
     """Called once a retired runtime's last request ends (set by the holder)."""
+
+    @property
+    def engines(self) -> dict[str, Engine]:
+        """Engines by key (``gateway.engines.pool.engine_key``)."""
+        return self.pool.engines
 
     def enter(self) -> None:
         """Pin a request to this runtime (its executors and engines stay open until ``exit``)."""
@@ -96,57 +77,31 @@ class Runtime:
         reuse: Runtime | None = None,
     ) -> Runtime:
         """Create and start every engine, then every executor. Raises SpecError/EngineError; cleans up on failure."""
-        rt = cls(spec=spec, spec_path=str(spec_path) if spec_path else None)
-        created: list[Engine] = []
+        pool = EnginePool(force_engine=force_engine, reuse=reuse.pool if reuse is not None else None)
+        rt = cls(spec=spec, spec_path=str(spec_path) if spec_path else None, pool=pool)
         try:
             for name, e in spec.experts.items():
-                rt.experts[name] = rt._handle(name, e, force_engine, reuse, created, f"experts.{name}")
-            await asyncio.gather(*(eng.start() for eng in created))
+                rt.experts[name] = rt._handle(name, e, f"experts.{name}")
+            await pool.start()
             for name in spec.experts:
                 rt.executors[name] = ExpertExecutor(name, rt.experts[name])
             for name, ens in spec.ensembles.items():
-                rt.executors[name] = await rt._ensemble(name, ens, force_engine, reuse, created)
+                rt.executors[name] = await rt._ensemble(name, ens)
         except BaseException:
-            for eng in created:
-                try:
-                    await eng.close()
-                except Exception:  # pragma: no cover - best effort cleanup
-                    log.exception("closing engine after a failed build")
+            await pool.close(keep=reuse.pool if reuse is not None else None)  # the engines this build created
             raise
         return rt
 
-    def _engine(self, e: ExpertSpec, force: str | None, reuse: Runtime | None, created: list[Engine]) -> Engine:
-        kind = resolve_engine_kind(e.engine, force=force)
-        key = engine_key(kind, e)
-        if key in self.engines:
-            return self.engines[key]
-        if reuse is not None and key in reuse.engines:
-            self.engines[key] = reuse.engines[key]
-            return self.engines[key]
-        args = dict(e.engine_args)
-        if kind == "openai":
-            args.update(url=e.url, api_key_env=e.api_key_env, timeout_s=e.timeout_s)
-        eng = create_engine(kind, e.model, **args)
-        self.engines[key] = eng
-        created.append(eng)
-        return eng
-
-    def _handle(
-        self, name: str, e: ExpertSpec, force: str | None, reuse: Runtime | None, created: list[Engine], key: str
-    ) -> ExpertHandle:
+    def _handle(self, name: str, e: ExpertSpec, key: str) -> ExpertHandle:
         if e.adapter and Path(e.model).is_dir():
             problem = adapter_mismatch(e.adapter, e.model)
             if problem:
                 raise SpecError(self.spec_path, f"{key}.adapter", problem)
-        engine = self._engine(e, force, reuse, created)
-        adapter = adapter_for(name, e.adapter) if e.adapter else None
-        return ExpertHandle(name=name, engine=engine, adapter=adapter, cost=e.cost, description=e.description)
+        return self.pool.expert(name, e)
 
-    async def _ensemble(
-        self, name: str, ens: Any, force: str | None, reuse: Runtime | None, created: list[Engine]
-    ) -> Executor:
+    async def _ensemble(self, name: str, ens: Any) -> Executor:
         if isinstance(ens, ExpertEnsemble):
-            handle = self._handle(name, ens, force, reuse, created, f"ensembles.{name}")
+            handle = self._handle(name, ens, f"ensembles.{name}")
             await handle.engine.start()
             return ExpertExecutor(name, handle)
         # executor builders read files and may load models (policy, encoder): keep them off the event loop
@@ -167,10 +122,6 @@ class Runtime:
                 raise SpecError(self.spec_path, f"ensembles.{name}.experts", str(exc)) from None
         raise SpecError(self.spec_path, f"ensembles.{name}", f"unsupported kind {getattr(ens, 'kind', '?')!r}")
 
-    def kind_of(self, model: str) -> str:
-        ex = self.executors[model]
-        return ex.kind
-
     async def close(self, *, keep: Runtime | None = None) -> None:
         """Close executors and the engines the ``keep`` runtime doesn't share."""
         for ex in self.executors.values():
@@ -178,13 +129,7 @@ class Runtime:
                 await ex.close()
             except Exception:  # pragma: no cover
                 log.exception("closing executor %s", ex.name)
-        shared = {id(e) for e in keep.engines.values()} if keep else set()
-        for eng in self.engines.values():
-            if id(eng) not in shared:
-                try:
-                    await eng.close()
-                except Exception:  # pragma: no cover
-                    log.exception("closing engine")
+        await self.pool.close(keep=keep.pool if keep is not None else None)
 
 
 def engine_problem(engine: Engine) -> str | None:

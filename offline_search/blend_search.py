@@ -31,10 +31,11 @@ from pydantic import Field
 
 from gateway import blending as B
 from gateway.engines.base import SamplingParams
+from gateway.engines.pool import EnginePool
 from gateway.executors.base import ExecRequest, ExpertHandle, StepInfo
 from gateway.executors.blend import scoring
 from offline_search.config import ConfigError, Prepared, PSOSettings, _load, _SearchBase
-from offline_search.evaluate import EnginePool, build_utilities, expert_handle, question_prompt, relative_gain
+from offline_search.evaluate import build_utilities, expert_handle, question_prompt, relative_gain
 from offline_search.pso import ParticleSwarm
 from offline_search.tracking import RunLog, drive, plot_convergence
 from scoring.examples import Example

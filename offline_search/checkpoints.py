@@ -245,18 +245,6 @@ def write_adapter(
     return _atomic_dir(root, digest[:24], write), digest
 
 
-def adapter_digest(path: str | os.PathLike[str]) -> str:
-    """Content hash of an adapter directory (config + weights bytes): a stable ``Adapter.name`` for it."""
-    p = Path(path)
-    h = hashlib.sha256()
-    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
-        f = p / name
-        if f.is_file():
-            h.update(name.encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()
-
-
 def lora_scale(config: dict[str, Any], module: str) -> float:
     """PEFT's scaling of one module's ``B @ A``: ``alpha / r`` (``alpha / sqrt(r)`` with rsLoRA), per-module patterns
     included (a pattern key matches a module name's suffix, as in PEFT)."""

@@ -1,17 +1,19 @@
-"""What both searches share at run time: engines, expert handles, prompts, utilities and scoring a model on a split."""
+"""What the searches share at run time: expert handles, prompts, utilities and scoring a model on a split.
+
+Engines come from the gateway's engine pool (``gateway.engines.pool``): one engine per base model, adapters named
+by path and content.
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.engines import create_engine
-from gateway.engines.base import Adapter, Engine, Prompt, SamplingParams
+from gateway.engines.base import Prompt, SamplingParams
+from gateway.engines.pool import EnginePool
 from gateway.executors.base import ExpertHandle
 from gateway.executors.dag import fill
-from offline_search.checkpoints import adapter_digest
 from offline_search.config import GenerationConfig, ResolvedExpert, UtilityConfig, _SearchBase
 from offline_search.generation import BatchGenerator
 from offline_search.multitask import Multitask
@@ -22,45 +24,13 @@ from scoring.reference import EditSimilarity, ExactMatch, MultipleChoice
 from scoring.reward import RewardModel
 
 
-class EnginePool:
-    """Engines keyed by (kind, model, args): experts on one base share one engine (as the gateway does)."""
-
-    def __init__(self) -> None:
-        self._engines: dict[str, Engine] = {}
-
-    @staticmethod
-    def _key(kind: str, model: str, args: dict[str, Any]) -> str:
-        return json.dumps([kind, str(Path(model).resolve()), args], sort_keys=True, default=str)
-
-    async def get(self, kind: str, model: str, args: dict[str, Any] | None = None) -> Engine:
-        args = dict(args or {})
-        key = self._key(kind, model, args)
-        if key not in self._engines:
-            engine = create_engine(kind, model, **args)
-            self._engines[key] = engine
-            await engine.start()
-        return self._engines[key]
-
-    async def release(self, kind: str, model: str, args: dict[str, Any] | None = None) -> None:
-        engine = self._engines.pop(self._key(kind, model, dict(args or {})), None)
-        if engine is not None:
-            await engine.close()
-
-    async def close(self) -> None:
-        engines, self._engines = list(self._engines.values()), {}
-        for e in engines:
-            await e.close()
-
-
-def adapter_of(name: str, path: str | Path) -> Adapter:
-    """An Adapter named by content, so equal weights share one loaded adapter and one cache entry."""
-    return Adapter(name=f"{name}@{adapter_digest(path)[:16]}", path=str(path))
-
-
 async def expert_handle(pool: EnginePool, expert: ResolvedExpert) -> ExpertHandle:
-    engine = await pool.get(expert.engine, expert.model, expert.engine_args)
-    adapter = adapter_of(expert.name, expert.adapter) if expert.adapter else None
-    return ExpertHandle(name=expert.name, engine=engine, adapter=adapter, cost=expert.cost)
+    """A search's expert on the pool's engine for its base, started."""
+    handle = pool.handle(
+        expert.name, expert.engine, expert.model, args=expert.engine_args, adapter=expert.adapter, cost=expert.cost
+    )
+    await handle.engine.start()
+    return handle
 
 
 def build_utility(cfg: UtilityConfig, root: Path) -> Utility:

@@ -36,14 +36,13 @@ import numpy as np
 import torch
 
 from gateway.engines.base import Adapter
+from gateway.engines.pool import EnginePool
 from gateway.executors.base import ExpertHandle
 from gateway.executors.dag import PROMPT_PRESETS, DagExecutor, PromptTemplates, Topology, TopologyNode
 from offline_search.checkpoints import LoraAdapter, read_adapter, write_adapter
 from offline_search.config import GraphSearchConfig, Prepared
 from offline_search.decode import DecodedGraph, g_decode, random_adjacency
 from offline_search.evaluate import (
-    EnginePool,
-    adapter_of,
     build_utilities,
     close_utilities,
     expert_handle,
@@ -329,7 +328,7 @@ class HeteroSwarms:
             if target.exists():
                 shutil.rmtree(target)
             shutil.copytree(cand.adapter.path, target)
-            handle = ExpertHandle(new_name, engine, adapter_of(new_name, target), member.handle.cost)
+            handle = ExpertHandle(new_name, engine, self.pool.adapter(new_name, target), member.handle.cost)
             self.members[i] = Member(new_name, handle, str(target), member.origin, round_)
             renamed[member.name] = new_name
         return {**best, "dev": r.value, "topology": _with_experts(graph, renamed).to_json(), "weight_round": round_}
@@ -353,7 +352,7 @@ class HeteroSwarms:
             if s["updated_in_round"] is None:
                 continue
             engine = await self.pool.get(base.engine, base.model, base.engine_args)
-            ad = adapter_of(s["name"], s["adapter"])
+            ad = self.pool.adapter(s["name"], s["adapter"])
             handle = ExpertHandle(name=s["name"], engine=engine, adapter=ad, cost=self.members[i].handle.cost)
             self.members[i] = Member(s["name"], handle, s["adapter"], s["origin"], s["updated_in_round"])
 

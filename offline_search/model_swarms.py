@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from gateway.engines.base import Adapter
+from gateway.engines.pool import EnginePool
 from gateway.executors.base import ExpertHandle
 from offline_search.checkpoints import (
     LoraAdapter,
@@ -46,8 +47,6 @@ from offline_search.checkpoints import (
 )
 from offline_search.config import ConfigError, Prepared, ResolvedExpert, SwarmSearchConfig
 from offline_search.evaluate import (
-    EnginePool,
-    adapter_of,
     build_utilities,
     close_utilities,
     expert_handle,
@@ -160,7 +159,7 @@ class ModelSwarms:
             return await expert_handle(self.pool, e)
         engine = await self.pool.get(e.engine, e.model, self._engine_args())
         assert e.adapter is not None
-        return ExpertHandle(name=e.name, engine=engine, adapter=adapter_of(e.name, e.adapter), cost=e.cost)
+        return ExpertHandle(name=e.name, engine=engine, adapter=self.pool.adapter(e.name, e.adapter), cost=e.cost)
 
     def _gc(self, keep: set[Path]) -> None:
         if self.cfg.keep_particles:

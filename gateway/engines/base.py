@@ -22,8 +22,6 @@ from typing import Any, Literal
 
 Prompt = str | list[dict[str, Any]]
 FinishReason = Literal["stop", "length", "abort", "tool_calls"]
-TokenPrompt = list[int]
-"""A prompt given as token ids (``/v1/completions``); engines that take ids accept it where ``Prompt`` is typed."""
 
 
 class EngineError(Exception):

@@ -7,11 +7,15 @@ temperature -> top-k -> top-p -> min-p -> sample (argmax when greedy).
 Structured outputs (``response_format``) use xgrammar (the constrained-decoding library vLLM itself uses): a JSON
 schema, or the built-in JSON grammar, is compiled once per (tokenizer, constraint) and a ``GrammarMatcher`` per
 sequence masks every step's logits to the tokens that keep the output valid.
+
+Every loop that decodes token by token itself (this engine, the blend executor) also takes its seeded generator and
+its stop-string search from here.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from collections import Counter
 from collections.abc import Sequence
@@ -163,3 +167,24 @@ def prompt_logprobs(logits: Any, prompt_ids: Sequence[int], k: int, token_text: 
             entry[str(tok)] = {"logprob": float(row[tok]), "rank": rank, "decoded_token": token_text(tok)}
         out.append(entry)
     return out
+
+
+def seeded_generator(seed: int | None) -> Any:
+    """A torch generator for one sequence's draws: seeded with ``seed``, or from the OS when it is None."""
+    import torch
+
+    g = torch.Generator()
+    g.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8), "little") & ((1 << 63) - 1))
+    return g
+
+
+def find_stop(text: str, stops: tuple[str, ...], sent: int) -> int | None:
+    """Earliest index where a stop string begins (searching from just before what was already sent)."""
+    best: int | None = None
+    for s in stops:
+        if not s:
+            continue
+        i = text.find(s, max(0, sent - len(s) + 1))
+        if i != -1 and (best is None or i < best):
+            best = i
+    return best

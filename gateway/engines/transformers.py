@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import queue
 import threading
 from collections import OrderedDict
@@ -40,7 +39,14 @@ from gateway.engines.base import (
     StructuredOutput,
     TokenLogprob,
 )
-from gateway.engines.sampling import ConstraintCompiler, process, prompt_logprobs, sample
+from gateway.engines.sampling import (
+    ConstraintCompiler,
+    find_stop,
+    process,
+    prompt_logprobs,
+    sample,
+    seeded_generator,
+)
 
 log = logging.getLogger(__name__)
 
@@ -386,7 +392,7 @@ class TransformersEngine(Engine):
             input_ids[i, width - n :] = torch.tensor(r.prompt_ids)
             mask[i, width - n :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        gens = [_generator(r.params.seed) for r in live]
+        gens = [seeded_generator(r.params.seed) for r in live]
         adapter_kwargs = self._adapter_kwargs([r.adapter for r in live])
         from transformers import DynamicCache
 
@@ -469,7 +475,7 @@ class TransformersEngine(Engine):
             r.generated.append(token)
         text = self.tokenizer.decode(r.generated, skip_special_tokens=True)
         finish: str | None = None
-        stop_at = _find_stop(text, r.params.stop, r.sent_chars) if len(r.all_ids) >= r.params.min_tokens else None
+        stop_at = find_stop(text, r.params.stop, r.sent_chars) if len(r.all_ids) >= r.params.min_tokens else None
         if stop_at is not None:
             text, finish = text[:stop_at], "stop"
         elif is_eos:
@@ -537,26 +543,6 @@ class TransformersEngine(Engine):
 def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)
-
-
-def _generator(seed: int | None) -> Any:
-    import torch
-
-    g = torch.Generator()
-    g.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8), "little") & ((1 << 63) - 1))
-    return g
-
-
-def _find_stop(text: str, stops: tuple[str, ...], sent: int) -> int | None:
-    """Earliest index where a stop string begins (searching from just before what was already sent)."""
-    best: int | None = None
-    for s in stops:
-        if not s:
-            continue
-        i = text.find(s, max(0, sent - len(s) + 1))
-        if i != -1 and (best is None or i < best):
-            best = i
-    return best
 
 
 class _ScoringSession:

@@ -41,6 +41,7 @@ from gateway.engines.base import (
     TokenLogprob,
     can_score,
 )
+from gateway.engines.sampling import find_stop, seeded_generator
 from gateway.errors import InvalidRequestError
 from gateway.executors.base import ExecEvent, ExecRequest, Executor, ExpertHandle, StepInfo
 
@@ -305,7 +306,7 @@ class BlendExecutor(Executor):
         self.check(params)
         mode = self.mode()
         groups, lead_group, lead_row = self._groups(mode if mode != "aligned" else "aligned")
-        gen = _generator(params)
+        gen = seeded_generator(params.seed) if params.temperature > 0 else None  # greedy draws nothing
         stats = _Stats()
         t0 = time.perf_counter()
         out = _Output(self, params, mode)
@@ -591,7 +592,7 @@ class _Output:
 
     def _emit(self, text: str, is_eos: bool, lp: list[TokenLogprob] | None, ids: list[int]) -> Chunk | None:
         finish: FinishReason | None = None
-        stop_at = _find_stop(text, self.params.stop, self.sent)
+        stop_at = find_stop(text, self.params.stop, self.sent)
         if stop_at is not None:
             text, finish = text[:stop_at], "stop"
         elif is_eos:
@@ -623,25 +624,3 @@ def _encoder(tok: Any) -> Any:
         return list(tok.encode(text, add_special_tokens=False))
 
     return encode
-
-
-def _generator(params: SamplingParams) -> torch.Generator | None:
-    """A seeded generator for sampling (None for greedy: nothing random is drawn)."""
-    if params.temperature <= 0:
-        return None
-    import os
-
-    g = torch.Generator()
-    g.manual_seed(params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little") & ((1 << 63) - 1))
-    return g
-
-
-def _find_stop(text: str, stops: tuple[str, ...], sent: int) -> int | None:
-    best: int | None = None
-    for s in stops:
-        if not s:
-            continue
-        i = text.find(s, max(0, sent - len(s) + 1))
-        if i != -1 and (best is None or i < best):
-            best = i
-    return best
