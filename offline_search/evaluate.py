@@ -10,7 +10,7 @@ from typing import Any
 from gateway.engines import create_engine
 from gateway.engines.base import Adapter, Engine, Prompt, SamplingParams
 from gateway.executors.base import ExpertHandle
-from gateway.executors.dag import fill
+from gateway.templates import fill
 from offline_search.checkpoints import adapter_digest
 from offline_search.config import GenerationConfig, ResolvedExpert, UtilityConfig, _SearchBase
 from offline_search.datasets import Example
