@@ -13,7 +13,7 @@ from typing import Any
 from gateway.engines.base import Prompt, SamplingParams
 from gateway.engines.pool import EnginePool
 from gateway.executors.base import ExpertHandle
-from gateway.executors.dag import fill
+from gateway.templates import fill
 from offline_search.config import GenerationConfig, ResolvedExpert, UtilityConfig, _SearchBase
 from offline_search.generation import BatchGenerator
 from offline_search.multitask import Multitask

@@ -38,7 +38,9 @@ import torch
 from gateway.engines.base import Adapter
 from gateway.engines.pool import EnginePool
 from gateway.executors.base import ExpertHandle
-from gateway.executors.dag import PROMPT_PRESETS, DagExecutor, PromptTemplates, Topology, TopologyNode
+from gateway.executors.dag import DagExecutor
+from gateway.templates import PROMPT_PRESETS, PromptTemplates
+from gateway.topology import Topology, TopologyNode
 from offline_search.checkpoints import LoraAdapter, read_adapter, write_adapter
 from offline_search.config import GraphSearchConfig, Prepared
 from offline_search.decode import DecodedGraph, g_decode, random_adjacency

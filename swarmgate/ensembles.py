@@ -164,7 +164,7 @@ def _dev_selected_swarm(snippet: dict[str, Any], summary: dict[str, Any]) -> dic
 def _dev_selected_dag(snippet: dict[str, Any], summary: dict[str, Any], out: Path) -> dict[str, Any]:
     """Dev selects what ``toy-dag`` serves: the searched DAG, or the best hand-wired chain when that scored higher
     on dev at this small budget (said in the description; the search's own report keeps both numbers)."""
-    from gateway.executors.dag import PROMPT_PRESETS
+    from gateway.templates import PROMPT_PRESETS
     from offline_search.hetero_swarms import chain_topology
 
     chain = (summary.get("baselines") or {}).get("best_chain")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.executors.dag import Topology
 from gateway.spec import load_spec
+from gateway.topology import Topology
 from swarmgate import ensembles as ens
 
 

@@ -2,12 +2,12 @@
 
 from fastapi import APIRouter, Request
 
-from gateway.api.hotpath import AuthorizedDep, FastServingDep
+from gateway.api.deps import AuthDep, ServingDep
 from gateway.api.protocol import CompletionRequest, mark_ignored
 
-router = APIRouter(dependencies=[AuthorizedDep])
+router = APIRouter(dependencies=[AuthDep])
 
 
 @router.post("/v1/completions")
-async def create_completion(body: CompletionRequest, request: Request, serving: FastServingDep):
+async def create_completion(body: CompletionRequest, request: Request, serving: ServingDep):
     return mark_ignored(await serving.completions(body, request), body)

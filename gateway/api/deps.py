@@ -1,4 +1,9 @@
-"""Request dependencies: the app's services (from ``app.state``, never module globals) and API-key auth."""
+"""Request dependencies: the app's services (from ``app.state``, never module globals) and API-key auth.
+
+Every dependency is a coroutine: FastAPI runs a plain-function dependency in a worker thread (``run_in_threadpool``),
+one thread hop per dependency per request, which a profile of the toy expert path showed at ~7% of the event loop's
+busy time. None of these blocks, so they run on the event loop.
+"""
 
 from __future__ import annotations
 
@@ -13,19 +18,19 @@ from gateway.runtime import RuntimeHolder
 from gateway.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_serving(request: Request) -> OpenAIServing:
+async def get_serving(request: Request) -> OpenAIServing:
     return request.app.state.serving
 
 
-def get_holder(request: Request) -> RuntimeHolder:
+async def get_holder(request: Request) -> RuntimeHolder:
     return request.app.state.holder
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
@@ -35,12 +40,13 @@ HolderDep = Annotated[RuntimeHolder, Depends(get_holder)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
-def require_api_key(request: Request, settings: SettingsDep) -> None:
-    """Bearer-key check when keys are configured (the front door checked it before the body; this documents it)."""
-    check_inference_key(settings, bearer(request.scope.get("headers", [])))
+async def require_api_key(request: Request) -> None:
+    """The bearer-key check when keys are configured (``FrontDoor`` already enforced it before the body was read;
+    kept so a route is safe on its own)."""
+    check_inference_key(request.app.state.settings, bearer(request.scope.get("headers", [])))
 
 
-def require_admin_key(request: Request, settings: SettingsDep) -> None:
+async def require_admin_key(request: Request, settings: SettingsDep) -> None:
     """``/admin/*``: an admin key, or loopback when no key is configured at all (see ``guard.admin_allowed``)."""
     client = request.client.host if request.client else None
     admin_allowed(settings, bearer(request.scope.get("headers", [])), client)

@@ -1,4 +1,4 @@
-"""The one place exceptions become HTTP responses in OpenAI's error shape."""
+"""The one place exceptions become HTTP responses in OpenAI's error shape (the exceptions: ``gateway.errors``)."""
 
 from __future__ import annotations
 
@@ -16,13 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.api.metrics import UNKNOWN_MODEL
 from gateway.engines.base import EngineError, EngineTimeout, InvalidEngineRequest, PromptTooLong
-from gateway.errors import (
-    GatewayError,
-    InvalidRequestError,
-    ModelNotFoundError,
-    UpstreamError,
-    UpstreamTimeout,
-)
+from gateway.errors import GatewayError, InvalidRequestError, UpstreamError, UpstreamTimeout
 from gateway.spec import SpecError
 
 log = logging.getLogger(__name__)
@@ -62,30 +56,6 @@ def to_gateway_error(exc: BaseException, *, prompt_param: str = "messages") -> G
         return _upstream(UpstreamError, "model unavailable", exc)
     log.exception("unexpected error while serving", exc_info=exc)
     return GatewayError("internal server error")
-
-
-class PayloadTooLargeError(GatewayError):
-    """The request body is larger than ``max_body_bytes`` (413)."""
-
-    status = 413
-    type = "invalid_request_error"
-    code = "request_too_large"
-
-
-class ForbiddenError(GatewayError):
-    """The key is valid but may not use this endpoint, or the endpoint is closed by configuration (403)."""
-
-    status = 403
-    type = "permission_error"
-    code = "forbidden"
-
-
-class DrainingError(GatewayError):
-    """The gateway is shutting down and takes no new requests (503; retry on another replica)."""
-
-    status = 503
-    type = "service_unavailable"
-    code = "draining"
 
 
 def error_response(err: GatewayError, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -162,6 +132,3 @@ def sse_error_frame(err: GatewayError) -> str:
     body = err.body()
     body["error"]["code"] = body["error"]["code"] or err.status
     return f"data: {json.dumps(body)}\n\n"
-
-
-__all__ = ["ModelNotFoundError", "error_response", "install_error_handlers", "sse_error_frame", "to_gateway_error"]

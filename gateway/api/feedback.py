@@ -9,35 +9,18 @@ id the log does not hold, 409 when the gateway keeps no request log (nothing to 
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.api.deps import AuthDep, ServingDep
-from gateway.errors import GatewayError, InvalidRequestError
+from gateway.errors import FeedbackDisabled, InvalidRequestError, RequestNotFound
 
 router = APIRouter(dependencies=[AuthDep])
 
 MAX_ANSWER_CHARS = 100_000
-
-
-class FeedbackDisabled(GatewayError):
-    """The gateway keeps no request log, so feedback has nothing to attach to (409)."""
-
-    status = 409
-    type = "invalid_request_error"
-    code = "feedback_disabled"
-
-
-class RequestNotFound(GatewayError):
-    status = 404
-    type = "invalid_request_error"
-    code = "request_not_found"
 
 
 class FeedbackRequest(BaseModel):
@@ -69,69 +52,19 @@ class FeedbackResponse(BaseModel):
     created: int = Field(description="Unix time the feedback was stored.")
 
 
-class RequestIndex:
-    """Request ids in the log, read incrementally (new bytes only) as feedback arrives."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.offset = 0
-        self.models: dict[str, str | None] = {}
-        self.lock = asyncio.Lock()
-
-    def _scan(self) -> None:
-        if not self.path.is_file():
-            return
-        if self.path.stat().st_size < self.offset:  # rotated: a new file
-            self.offset = 0
-        with self.path.open("rb") as fh:
-            fh.seek(self.offset)
-            data = fh.read()
-        end = data.rfind(b"\n") + 1  # a line still being written is read next time
-        for line in data[:end].splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and rec.get("type") != "feedback" and isinstance(rec.get("request_id"), str):
-                self.models[rec["request_id"]] = rec.get("model")
-        self.offset += end
-
-    async def lookup(self, request_id: str) -> tuple[bool, str | None]:
-        async with self.lock:
-            if request_id not in self.models:
-                await asyncio.to_thread(self._scan)
-            return request_id in self.models, self.models.get(request_id)
-
-
-def _index(request: Request, path: Path) -> RequestIndex:
-    index: RequestIndex | None = getattr(request.app.state, "feedback_index", None)
-    if index is None or index.path != path:
-        index = RequestIndex(path)
-        request.app.state.feedback_index = index
-    return index
-
-
 @router.post("/v1/feedback")
-async def post_feedback(body: FeedbackRequest, request: Request, serving: ServingDep) -> FeedbackResponse:
+async def post_feedback(body: FeedbackRequest, serving: ServingDep) -> FeedbackResponse:
     log = serving.request_log
     if log is None:
         raise FeedbackDisabled(
             "This gateway keeps no request log, so feedback has nothing to attach to: start it with "
             "SWARMGATE_REQUEST_LOG=<file>."
         )
-    known, model = await _index(request, log.path).lookup(body.id)
+    known, model = await log.lookup(body.id)
     if not known:
         raise RequestNotFound(f"No logged request has the id `{body.id}`.", param="id")
     if body.answer is not None and not body.answer.strip():
         raise InvalidRequestError("'answer' is blank", param="answer")
     created = int(time.time())
-    record: dict[str, Any] = {
-        "type": "feedback",
-        "ts": time.time(),
-        "request_id": body.id,
-        "model": model,
-        "score": body.score,
-        "answer": body.answer,
-    }
-    await log.write([record])
+    await log.record_feedback(body.id, model, body.score, body.answer)
     return FeedbackResponse(id=body.id, model=model, score=body.score, answer=body.answer, created=created)

@@ -17,8 +17,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.api.errors import DrainingError, ForbiddenError, PayloadTooLargeError, error_response
-from gateway.errors import AuthenticationError, GatewayError
+from gateway.api.errors import error_response
+from gateway.errors import AuthenticationError, DrainingError, ForbiddenError, GatewayError, PayloadTooLargeError
 from gateway.settings import Settings
 
 LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})

@@ -135,6 +135,19 @@ class _Stats:
     rounds: int = 0
 
 
+@dataclass
+class _Draft:
+    """One speculative round's drafts from the lead."""
+
+    tokens: list[int]
+    qs: list[torch.Tensor]
+    """The lead's log-distribution at each draft (what the draft was sampled from)."""
+    lead_dists: list[torch.Tensor]
+    """``[rows, V]`` of the lead's group at each draft position."""
+    one_request: bool
+    """Drafted in one engine request (vLLM, greedy): the drafts are not in the session until appended."""
+
+
 class BlendExecutor(Executor):
     """Serves a ``kind: blend`` ensemble: the members' next-token distributions mixed at every step."""
 
@@ -404,67 +417,33 @@ class BlendExecutor(Executor):
         stats: _Stats,
         out: _Output,
     ) -> AsyncIterator[Chunk]:
-        """Lead drafts, others score the drafts in one pass, accept/resample (exact: samples follow the blend)."""
+        """Lead drafts, others score the drafts in one pass, accept/resample (exact: samples follow the blend).
+
+        A round: the lead drafts up to k tokens (``_draft``); where the gate is open at some draft, the other groups
+        score the drafted continuation in one forward pass each (``_score_drafts``); each draft is kept with
+        probability ``min(1, p/q)`` and the first rejected one is replaced by a draw from the residual; every group
+        then keeps what survived (``_keep_round``)."""
         k = self.config.speculate
         others = [g for g in groups if g is not lead_group]
         while True:
             stats.rounds += 1
             base = len(lead_group.ids)
-            drafts: list[int] = []
-            qs: list[torch.Tensor] = []
-            budget = params.max_tokens - out.completion_tokens
-            # vLLM, greedy: the lead drafts all k tokens in one request (the drafts are then appended once accepted)
-            one_request = gen is None and hasattr(lead_group.session, "draft") and len(lead_group.members) == 1
-            if one_request:
-                lag = lead_group.ids[lead_group.fed :]
-                drafts, dl = await lead_group.session.draft(lag, min(k, budget))
-                lead_group.forwards += 1
-                lead_group.scored += len(lag) + len(drafts)
-                lead_group.fed, lead_group.last = base, None
-                lead_dists = [dl[j].unsqueeze(0) for j in range(len(drafts))]
-                qs = [self._lead_only(d[0]) for d in lead_dists]
-            else:
-                lead_dists = [await lead_group.catch_up()]  # [rows, V] after ids + drafts[:j]
-                for j in range(min(k, budget)):
-                    q_lp = self._lead_only(lead_dists[j][lead_row])
-                    qs.append(q_lp)
-                    d = B.pick(B.sampling_probs(q_lp, params.temperature, params.top_p), gen)
-                    drafts.append(d)
-                    if d in out.eos_ids or j == min(k, budget) - 1:
-                        break
-                    lead_dists.append((await lead_group.feed([d], 1))[:, -1])
-            m = len(drafts)
-            stats.drafted += m
-            if not one_request:
-                lead_group.fed = base + m - 1
-                lead_group.ids = lead_group.ids + drafts[:-1]
-            open_at = [B.gate_open(q, self.config.gate) for q in qs]
-            other_dists: dict[int, torch.Tensor] = {}  # id(group) -> [rows, m, V]
-            if any(open_at):
-                for g in others:
-                    lag = g.ids[g.fed :]
-                    tokens = lag + drafts[:-1]
-                    if lag:
-                        d_all = await g.feed(tokens, m)
-                    else:
-                        assert g.last is not None
-                        d_all = g.last.unsqueeze(1)
-                        if m > 1:
-                            d_all = torch.cat([d_all, await g.feed(drafts[:-1], m - 1)], dim=1)
-                    g.fed = base + m - 1
-                    g.ids = g.ids + drafts[:-1]
-                    other_dists[id(g)] = d_all
+            budget = min(k, params.max_tokens - out.completion_tokens)
+            draft = await self._draft(lead_group, lead_row, budget, params, gen, out)
+            stats.drafted += len(draft.tokens)
+            open_at = [B.gate_open(q, self.config.gate) for q in draft.qs]
+            other_dists = await self._score_drafts(others, draft.tokens, base) if any(open_at) else {}
             accepted = 0
             final: int | None = None
-            for j, d in enumerate(drafts):
-                q = B.sampling_probs(qs[j], params.temperature, params.top_p)
+            for j, d in enumerate(draft.tokens):
+                q = B.sampling_probs(draft.qs[j], params.temperature, params.top_p)
                 if open_at[j]:
-                    dists = {id(lead_group): lead_dists[j]}
+                    dists = {id(lead_group): draft.lead_dists[j]}
                     dists.update({gid: dd[:, j] for gid, dd in other_dists.items()})
                     target = self._blend(self._member_logps(groups, dists))
                     p = B.sampling_probs(target, params.temperature, params.top_p)
                 else:
-                    target, p = qs[j], q
+                    target, p = draft.qs[j], q
                 u = float(torch.rand((), generator=gen)) if gen is not None else 0.0
                 stats.positions += 1
                 stats.blended += int(open_at[j])
@@ -481,19 +460,87 @@ class BlendExecutor(Executor):
             stats.accepted += accepted
             if out.finish_reason is not None:
                 return
-            # Keep what survived: ids + drafts[:accepted] (+ the replacement, not yet fed anywhere).
-            keep = base + min(accepted, m - 1)
-            new_ids = out.ids[:]  # generated ids so far (eos excluded; none here since not finished)
-            if one_request:
-                await lead_group.session.append(drafts[: keep - base])
-                lead_group.fed = keep
-            await lead_group.keep(keep, lead_dists[keep - base])
-            lead_group.ids = new_ids
-            for g in others:
-                dd = other_dists.get(id(g))
-                if dd is not None:
-                    await g.keep(keep, dd[:, keep - base])
-                g.ids = new_ids[:]
+            await self._keep_round(lead_group, others, draft, other_dists, base, accepted, out)
+
+    async def _draft(
+        self,
+        lead_group: _Group,
+        lead_row: int,
+        n: int,
+        params: SamplingParams,
+        gen: torch.Generator | None,
+        out: _Output,
+    ) -> _Draft:
+        """The lead drafts up to ``n`` tokens alone (stopping at an end token). Afterwards the lead's session has
+        seen every draft but the last, which is not fed until it is kept."""
+        base = len(lead_group.ids)
+        # vLLM, greedy: the lead drafts all n tokens in one request (the drafts are then appended once accepted)
+        if gen is None and hasattr(lead_group.session, "draft") and len(lead_group.members) == 1:
+            lag = lead_group.ids[lead_group.fed :]
+            drafted, dl = await lead_group.session.draft(lag, n)
+            lead_group.forwards += 1
+            lead_group.scored += len(lag) + len(drafted)
+            lead_group.fed, lead_group.last = base, None
+            lead_dists = [dl[j].unsqueeze(0) for j in range(len(drafted))]
+            return _Draft(drafted, [self._lead_only(d[0]) for d in lead_dists], lead_dists, one_request=True)
+        tokens: list[int] = []
+        qs: list[torch.Tensor] = []
+        lead_dists = [await lead_group.catch_up()]  # [rows, V] after ids + drafts[:j]
+        for j in range(n):
+            q_lp = self._lead_only(lead_dists[j][lead_row])
+            qs.append(q_lp)
+            d = B.pick(B.sampling_probs(q_lp, params.temperature, params.top_p), gen)
+            tokens.append(d)
+            if d in out.eos_ids or j == n - 1:
+                break
+            lead_dists.append((await lead_group.feed([d], 1))[:, -1])
+        lead_group.fed = base + len(tokens) - 1
+        lead_group.ids = lead_group.ids + tokens[:-1]
+        return _Draft(tokens, qs, lead_dists, one_request=False)
+
+    async def _score_drafts(self, others: list[_Group], drafts: list[int], base: int) -> dict[int, torch.Tensor]:
+        """Each other group's distributions at every draft position, ``id(group) -> [rows, m, V]``: one forward pass
+        over the ids it has not seen and every draft but the last."""
+        m = len(drafts)
+        other_dists: dict[int, torch.Tensor] = {}
+        for g in others:
+            lag = g.ids[g.fed :]
+            tokens = lag + drafts[:-1]
+            if lag:
+                d_all = await g.feed(tokens, m)
+            else:
+                assert g.last is not None
+                d_all = g.last.unsqueeze(1)
+                if m > 1:
+                    d_all = torch.cat([d_all, await g.feed(drafts[:-1], m - 1)], dim=1)
+            g.fed = base + m - 1
+            g.ids = g.ids + drafts[:-1]
+            other_dists[id(g)] = d_all
+        return other_dists
+
+    async def _keep_round(
+        self,
+        lead_group: _Group,
+        others: list[_Group],
+        draft: _Draft,
+        other_dists: dict[int, torch.Tensor],
+        base: int,
+        accepted: int,
+        out: _Output,
+    ) -> None:
+        """Keep what survived the round: ids + drafts[:accepted] (+ the replacement, not yet fed anywhere)."""
+        keep = base + min(accepted, len(draft.tokens) - 1)
+        new_ids = out.ids[:]  # generated ids so far (eos excluded; none here since not finished)
+        if draft.one_request:
+            await lead_group.session.append(draft.tokens[: keep - base])
+            lead_group.fed = keep
+        await lead_group.keep(keep, draft.lead_dists[keep - base])
+        lead_group.ids = new_ids
+        for g in others:
+            dd = other_dists.get(id(g))
+            if dd is not None:
+                await g.keep(keep, dd[:, keep - base])
+            g.ids = new_ids[:]
 
     async def _aligned(
         self,

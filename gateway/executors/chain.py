@@ -24,7 +24,8 @@ from typing import Any, TypeVar
 from gateway.engines.base import Chunk, Prompt, SamplingParams
 from gateway.errors import InvalidRequestError
 from gateway.executors.base import ExecEvent, ExecRequest, Executor, ExpertHandle, StepInfo, question_of
-from gateway.executors.raw import refuse_for_ensemble, refuse_token_prompt, refuse_unsupported, split_raw
+from gateway.executors.fields import refuse_for_ensemble, refuse_token_prompt, refuse_unsupported
+from gateway.executors.raw import split_raw
 from gateway.routing.holder import PolicyHolder
 from gateway.routing.policy import PolicyError, RouterPolicy
 from gateway.routing.prompts import chain_prompt, ktp_content

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from gateway.engines.base import InvalidEngineRequest, Prompt, PromptTooLong
 from gateway.errors import InvalidRequestError
 from gateway.executors.base import ExecEvent, ExecRequest, Executor, ExpertHandle
-from gateway.executors.raw import refuse_unsupported
+from gateway.executors.fields import refuse_unsupported
 
 
 class ExpertExecutor(Executor):

@@ -24,7 +24,7 @@ import yaml
 
 from gateway.api.app import create_app
 from gateway.api.guard import admin_allowed
-from gateway.api.serving import RequestLog
+from gateway.api.requestlog import RequestLog
 from gateway.errors import GatewayError
 from gateway.settings import Settings
 from tests.gateway._fixtures_openai_server import FakeOpenAIServer
@@ -505,9 +505,9 @@ def test_request_log_private_rotated_and_per_prompt(gw) -> None:
 def test_request_log_survives_lone_surrogates(tmp_path: Path) -> None:
     """Finding 12: a lone surrogate in a logged string must not raise (it used to turn a served request into 500)."""
     log = RequestLog(tmp_path / "r.jsonl")
-    asyncio.run(log.write([{"question": "bad \ud800 text", "choices": [{"text": "ok"}]}]))
+    asyncio.run(log.record_feedback("cmpl-1", "toy-base", None, "bad \ud800 text"))
     line = (tmp_path / "r.jsonl").read_bytes().decode("utf-8")
-    assert json.loads(line)["choices"][0]["text"] == "ok"
+    assert json.loads(line)["request_id"] == "cmpl-1"
 
 
 # --------------------------------------------------------------------------------------------- 13: redacted 502

@@ -9,8 +9,10 @@ import pytest
 
 from gateway.engines.base import Adapter, Chunk, SamplingParams
 from gateway.executors.base import ExecRequest, ExpertHandle, StepInfo
-from gateway.executors.dag import PROMPT_PRESETS, DagExecutor, Topology, TopologyError, TopologyNode, fill
+from gateway.executors.dag import DagExecutor
 from gateway.spec import DagEnsemble, SpecError
+from gateway.templates import PROMPT_PRESETS, fill
+from gateway.topology import Topology, TopologyError, TopologyNode
 from tests.offline_search.fakes import RuleEngine
 
 PARAMS = SamplingParams(max_tokens=16, temperature=0.0)

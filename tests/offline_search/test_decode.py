@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from gateway.executors.dag import PROMPT_PRESETS
+from gateway.templates import PROMPT_PRESETS
 from offline_search.decode import g_decode, masked_softmax, random_adjacency, select
 from offline_search.hetero_swarms import jfk_scores, to_topology
 

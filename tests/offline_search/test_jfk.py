@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gateway.executors.dag import PromptTemplates
+from gateway.templates import PromptTemplates
 from offline_search.decode import DecodedGraph
 from offline_search.hetero_swarms import jfk_scores, to_topology
 

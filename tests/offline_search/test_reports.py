@@ -16,7 +16,8 @@ import yaml
 
 from gateway.engines.base import Adapter, Completion, Prompt, SamplingParams
 from gateway.executors.base import ExpertHandle
-from gateway.executors.dag import PROMPT_PRESETS, DagExecutor
+from gateway.executors.dag import DagExecutor
+from gateway.templates import PROMPT_PRESETS
 from offline_search.generation import BatchGenerator, OutputCache
 from offline_search.hetero_swarms import chain_topology
 from offline_search.model_swarms import initial_swarm, random_search_draws

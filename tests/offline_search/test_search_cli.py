@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.executors.dag import Topology
+from gateway.topology import Topology
 from tests.helpers import REPO
 from tests.offline_search.test_search_toy import graph_config, swarm_config
 

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 
 from gateway.engines import create_engine
 from gateway.engines.base import Adapter, SamplingParams
-from gateway.executors.dag import Topology
+from gateway.topology import Topology
 from offline_search.checkpoints import check_adapter_fits_base, read_adapter
 from offline_search.config import load_graph_config, load_swarm_config, prepare
 from offline_search.hetero_swarms import run_graph_search
