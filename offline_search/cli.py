@@ -1,4 +1,5 @@
-"""``swarmgate search ...``: Model Swarms (``swarm``) and Heterogeneous Swarms (``graph``) from a YAML config.
+"""``swarmgate search ...``: Model Swarms (``swarm``), Heterogeneous Swarms (``graph``) and blend weights (``blend``)
+from a YAML config.
 
 Without ``--config`` each command runs its default config on the toy world (``offline_search/configs/``).
 Configs are validated completely (datasets, experts, adapters against their base) before any model is loaded;
