@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import shutil
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -121,7 +121,7 @@ def _search(
     path: Path,
     load: Callable[[Path, dict[str, Any]], Any],
     overrides: dict[str, Any],
-    run: Callable[..., Awaitable[Any]],
+    run: Callable[..., Coroutine[Any, Any, Any]],
     report: Callable[[dict[str, Any]], None] | None = None,
     *,
     output_dir: Path | None,
@@ -198,7 +198,7 @@ async def _run_graph(prepared: Any, **kw: Any) -> Any:
 def _swarm_command(
     kind: str,
     load: Callable[[Path, dict[str, Any]], Any],
-    run: Callable[..., Awaitable[Any]],
+    run: Callable[..., Coroutine[Any, Any, Any]],
     printer: Callable[[dict[str, Any]], None],
     done: Callable[[Any], None],
 ) -> Callable[..., None]:
