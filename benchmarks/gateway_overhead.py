@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import statistics
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -44,22 +46,31 @@ def percentile(xs: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
+async def concurrently(one: Callable[[str], Awaitable[None]], prompts: list[str], concurrency: int) -> float:
+    """Run ``one`` on every prompt with at most ``concurrency`` in flight; the wall time in seconds."""
+    sem = asyncio.Semaphore(concurrency)
+
+    async def limited(p: str) -> None:
+        async with sem:
+            await one(p)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(limited(p) for p in prompts))
+    return time.perf_counter() - t0
+
+
 async def drive(call, prompts: list[str], concurrency: int) -> dict:
     """Run every prompt through ``call`` with at most ``concurrency`` in flight; latency per request."""
-    sem = asyncio.Semaphore(concurrency)
     lat: list[float] = []
     tokens = 0
 
     async def one(p: str) -> None:
         nonlocal tokens
-        async with sem:
-            t = time.perf_counter()
-            tokens += await call(p)
-            lat.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        tokens += await call(p)
+        lat.append(time.perf_counter() - t)
 
-    t0 = time.perf_counter()
-    await asyncio.gather(*(one(p) for p in prompts))
-    wall = time.perf_counter() - t0
+    wall = await concurrently(one, prompts, concurrency)
     return {
         "requests": len(prompts),
         "wall_s": wall,
@@ -228,120 +239,142 @@ def toy_prompts(n: int, toy_dir: Path | None) -> tuple[str, list[str]]:
     return str(tw.base_dir), [f"Q: {TASKS[names[i % len(names)]].sample(rng).question}\nA: " for i in range(n)]
 
 
-async def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--requests", type=int, default=256, help="requests per measured pass")
-    ap.add_argument("--rounds", type=int, default=4, help="measured passes per (target, concurrency)")
-    ap.add_argument("--warmup-passes", type=int, default=2, help="unmeasured passes per (target, concurrency)")
-    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    ap.add_argument("--max-tokens", type=int, default=16)
+def load_args(
+    ap: argparse.ArgumentParser,
+    *,
+    requests: int,
+    rounds: int,
+    warmup_passes: int,
+    max_tokens: int,
+    quick: int,
+    out: str,
+) -> argparse.Namespace:
+    """The options every serving benchmark takes (``--quick``: ``quick`` requests, 2 rounds, 1 warm-up pass,
+    c = 1 8), parsed."""
+    ap.add_argument("--requests", type=int, default=requests, help="requests per measured pass")
+    ap.add_argument("--rounds", type=int, default=rounds, help="measured passes per (target, concurrency)")
     ap.add_argument(
-        "--lora", action="store_true", help="enable multi-LoRA in all three engines (default: off in all three)"
+        "--warmup-passes", type=int, default=warmup_passes, help="unmeasured passes per (target, concurrency)"
     )
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--max-tokens", type=int, default=max_tokens)
     ap.add_argument(
         "--toy-dir", type=Path, default=None, help="an existing toy world build (default: build/reuse the cached one)"
     )
     ap.add_argument("--model", type=Path, default=None, help="a local HF checkpoint (default: the toy base)")
-    ap.add_argument("--quick", action="store_true", help="a tiny budget: 64 requests, 2 rounds, c = 1 8")
-    ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench" / "gateway_overhead.json")
+    ap.add_argument("--quick", action="store_true", help=f"a tiny budget: {quick} requests, 2 rounds, c = 1 8")
+    ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench" / out)
     args = ap.parse_args()
     if args.quick:
-        args.requests, args.rounds, args.warmup_passes, args.concurrency = 64, 2, 1, [1, 8]
+        args.requests, args.rounds, args.warmup_passes, args.concurrency = quick, 2, 1, [1, 8]
+    return args
 
-    from gateway.engines import create_engine
+
+def client_limits() -> httpx.Limits:
+    # Idle connections are dropped after 1 s, before the servers' 5 s keep-alive timeout closes them under a request
+    # (a request sent on a connection the server is closing fails with ReadError).
+    return httpx.Limits(max_connections=256, max_keepalive_connections=256, keepalive_expiry=1.0)
+
+
+async def measure_level(
+    targets: dict[str, Callable[[], Awaitable[dict]]],
+    concurrency: int,
+    meter: CpuMeter,
+    *,
+    rounds: int,
+    warmup_passes: int,
+    requests: int,
+) -> list[dict]:
+    """One concurrency level: warm every target, then ``rounds`` measured passes interleaved, in alternating order
+    (to spread drift over the targets); each pass's result with the CPU its target's processes spent per request.
+
+    vLLM's CPU backend speeds up over its first few hundred requests at a new batch size: every target is warmed at
+    this concurrency before it is measured."""
+    for run in targets.values():
+        for _ in range(warmup_passes):
+            await run()
+    results = []
+    for rnd in range(rounds):
+        order = list(targets.items()) if rnd % 2 == 0 else list(reversed(targets.items()))
+        for name, run in order:
+            before = meter.read()
+            r = await run()
+            cpu = cpu_per_request(before, meter.read(), name, requests)
+            results.append({"target": name, "concurrency": concurrency, "round": rnd, **r, "cpu_ms_per_request": cpu})
+    return results
+
+
+TARGETS = ("engine (direct)", "vllm serve", "swarmgate")
+
+
+async def measure(args: argparse.Namespace, servers: Servers, direct, prompts: list[str]) -> tuple[list[dict], dict]:
+    """Every pass of every target at every concurrency; and per concurrency, the gateway's overhead headers."""
     from gateway.engines.base import SamplingParams
 
-    toy_model, prompts = toy_prompts(args.requests, args.toy_dir)
-    model = str(args.model) if args.model else toy_model
-    # The same engine configuration for all three targets, so only the serving layer differs.
-    servers = Servers(model, lora=args.lora)
-    direct = create_engine("vllm", model, **servers.engine_args)
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, final_only=True)
+
+    async def call_direct(prompt: str) -> int:
+        return (await direct.complete(prompt, params)).completion_tokens
+
+    results: list[dict] = []
     overhead: dict[int, list[float]] = {}
-    try:
-        await asyncio.gather(servers.start(), direct.start())
-        params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, final_only=True)
-
-        async def call_direct(prompt: str) -> int:
-            return (await direct.complete(prompt, params)).completion_tokens
-
-        results: list[dict] = []
-        meter = CpuMeter({"vllm serve": servers.procs[1].pid, "swarmgate": servers.procs[0].pid})
-        # Idle connections are dropped after 1 s, before the servers' 5 s keep-alive timeout closes them under a request
-        # (a request sent on a connection the server is closing fails with ReadError).
-        limits = httpx.Limits(max_connections=256, max_keepalive_connections=256, keepalive_expiry=1.0)
-        async with httpx.AsyncClient(timeout=120, limits=limits) as client:
-            for c in args.concurrency:
-                overhead[c] = []
-                targets = {
-                    "engine (direct)": call_direct,
-                    "vllm serve": http_caller(client, f"{servers.vllm_url}/v1", "toy-base", args.max_tokens),
-                    "swarmgate": http_caller(
-                        client, f"{servers.gateway_url}/v1", "toy-base", args.max_tokens, overhead[c]
-                    ),
-                }
-                # vLLM's CPU backend speeds up over its first few hundred requests at a new batch size: warm every
-                # target at this concurrency before measuring it.
-                for call in targets.values():
-                    for _ in range(args.warmup_passes):
-                        await drive(call, prompts, c)
-                for rnd in range(args.rounds):  # interleaved rounds, alternating order, to spread drift over targets
-                    order = list(targets.items()) if rnd % 2 == 0 else list(reversed(targets.items()))
-                    for name, call in order:
-                        before = meter.read()
-                        r = await drive(call, prompts, c)
-                        cpu = cpu_per_request(before, meter.read(), name, len(prompts))
-                        results.append({"target": name, "concurrency": c, "round": rnd, **r, "cpu_ms_per_request": cpu})
-    finally:
-        await direct.close()
-        servers.stop()
-
-    summary = []
-    for c in args.concurrency:
-        row = {"concurrency": c}
-        for name in ("engine (direct)", "vllm serve", "swarmgate"):
-            rs = [r for r in results if r["target"] == name and r["concurrency"] == c]
-            row[name] = {
-                "rps": statistics.mean(r["rps"] for r in rs),
-                "p50_ms": statistics.mean(r["p50_ms"] for r in rs),
-                "p95_ms": statistics.mean(r["p95_ms"] for r in rs),
-                "cpu_ms_per_request": {
-                    k: statistics.median(r["cpu_ms_per_request"][k] for r in rs) for k in rs[0]["cpu_ms_per_request"]
-                },
+    meter = CpuMeter({"vllm serve": servers.procs[1].pid, "swarmgate": servers.procs[0].pid})
+    async with httpx.AsyncClient(timeout=120, limits=client_limits()) as client:
+        for c in args.concurrency:
+            overhead[c] = []
+            calls = {
+                "engine (direct)": call_direct,
+                "vllm serve": http_caller(client, f"{servers.vllm_url}/v1", "toy-base", args.max_tokens),
+                "swarmgate": http_caller(client, f"{servers.gateway_url}/v1", "toy-base", args.max_tokens, overhead[c]),
             }
-        g, v = row["swarmgate"], row["vllm serve"]
-        row["rps_ratio_vs_vllm_serve"] = g["rps"] / v["rps"]
-        row["added_p50_ms_vs_vllm_serve"] = g["p50_ms"] - v["p50_ms"]
-        paired = [
-            next(r["rps"] for r in results if r["target"] == "swarmgate" and r["concurrency"] == c and r["round"] == k)
-            / next(
-                r["rps"] for r in results if r["target"] == "vllm serve" and r["concurrency"] == c and r["round"] == k
+            targets = {name: functools.partial(drive, call, prompts, c) for name, call in calls.items()}
+            results += await measure_level(
+                targets, c, meter, rounds=args.rounds, warmup_passes=args.warmup_passes, requests=len(prompts)
             )
-            for k in range(args.rounds)
-        ]
-        row["rps_ratio_per_round"] = paired
-        row["rps_ratio_median"] = statistics.median(paired)
-        row["api_cpu_ratio_vs_vllm_serve"] = (
-            g["cpu_ms_per_request"]["api"] / v["cpu_ms_per_request"]["api"] if v["cpu_ms_per_request"]["api"] else None
-        )
-        ovh = overhead.get(c) or []
-        row["gateway_overhead_header_ms"] = {
-            "mean": statistics.mean(ovh) if ovh else None,
-            "p50": percentile(ovh, 0.5) if ovh else None,
-        }
-        summary.append(row)
+    return results, overhead
 
-    lora = "LoRA on" if args.lora else "LoRA off"
-    print(
-        f"\nGateway overhead on {model} ({args.requests} requests/level, max_tokens={args.max_tokens}, "
-        f"greedy, {lora} in all three engines)"
+
+def summarise(results: list[dict], c: int, rounds: int, overhead: list[float]) -> dict:
+    """One concurrency level: each target's means (CPU: medians), and the gateway against `vllm serve`."""
+    row: dict = {"concurrency": c}
+    for name in TARGETS:
+        rs = [r for r in results if r["target"] == name and r["concurrency"] == c]
+        row[name] = {
+            "rps": statistics.mean(r["rps"] for r in rs),
+            "p50_ms": statistics.mean(r["p50_ms"] for r in rs),
+            "p95_ms": statistics.mean(r["p95_ms"] for r in rs),
+            "cpu_ms_per_request": {
+                k: statistics.median(r["cpu_ms_per_request"][k] for r in rs) for k in rs[0]["cpu_ms_per_request"]
+            },
+        }
+    g, v = row["swarmgate"], row["vllm serve"]
+    row["rps_ratio_vs_vllm_serve"] = g["rps"] / v["rps"]
+    row["added_p50_ms_vs_vllm_serve"] = g["p50_ms"] - v["p50_ms"]
+    paired = [
+        next(r["rps"] for r in results if r["target"] == "swarmgate" and r["concurrency"] == c and r["round"] == k)
+        / next(r["rps"] for r in results if r["target"] == "vllm serve" and r["concurrency"] == c and r["round"] == k)
+        for k in range(rounds)
+    ]
+    row["rps_ratio_per_round"] = paired
+    row["rps_ratio_median"] = statistics.median(paired)
+    row["api_cpu_ratio_vs_vllm_serve"] = (
+        g["cpu_ms_per_request"]["api"] / v["cpu_ms_per_request"]["api"] if v["cpu_ms_per_request"]["api"] else None
     )
+    row["gateway_overhead_header_ms"] = {
+        "mean": statistics.mean(overhead) if overhead else None,
+        "p50": percentile(overhead, 0.5) if overhead else None,
+    }
+    return row
+
+
+def print_table(summary: list[dict]) -> None:
     head = (
         f"{'conc':>4} | {'target':<16} | {'req/s':>8} | {'p50 ms':>8} | {'p95 ms':>8} | "
         f"{'CPU ms/req: client':>18} | {'api':>6} | {'core':>6} | {'total':>6}"
     )
     print(head + "\n" + "-" * len(head))
     for row in summary:
-        for name in ("engine (direct)", "vllm serve", "swarmgate"):
+        for name in TARGETS:
             m = row[name]
             cpu = m["cpu_ms_per_request"]
             print(
@@ -361,18 +394,44 @@ async def main() -> None:
         ovh = row["gateway_overhead_header_ms"]
         if ovh["p50"] is not None:
             print(f"{'':>4} | {'x-swarmgate-overhead-ms':<16} p50 {ovh['p50']:.3f} ms, mean {ovh['mean']:.3f} ms")
+
+
+def write_json(args: argparse.Namespace, summary: list[dict], results: list[dict]) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                "summary": summary,
-                "runs": results,
-            },
-            indent=2,
-        )
-    )
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    args.out.write_text(json.dumps({"config": config, "summary": summary, "runs": results}, indent=2))
     print(f"\nwrote {args.out}")
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--lora", action="store_true", help="enable multi-LoRA in all three engines (default: off in all three)"
+    )
+    args = load_args(ap, requests=256, rounds=4, warmup_passes=2, max_tokens=16, quick=64, out="gateway_overhead.json")
+
+    from gateway.engines import create_engine
+
+    toy_model, prompts = toy_prompts(args.requests, args.toy_dir)
+    model = str(args.model) if args.model else toy_model
+    # The same engine configuration for all three targets, so only the serving layer differs.
+    servers = Servers(model, lora=args.lora)
+    direct = create_engine("vllm", model, **servers.engine_args)
+    try:
+        await asyncio.gather(servers.start(), direct.start())
+        results, overhead = await measure(args, servers, direct, prompts)
+    finally:
+        await direct.close()
+        servers.stop()
+
+    summary = [summarise(results, c, args.rounds, overhead.get(c) or []) for c in args.concurrency]
+    lora = "LoRA on" if args.lora else "LoRA off"
+    print(
+        f"\nGateway overhead on {model} ({args.requests} requests/level, max_tokens={args.max_tokens}, "
+        f"greedy, {lora} in all three engines)"
+    )
+    print_table(summary)
+    write_json(args, summary, results)
 
 
 if __name__ == "__main__":

@@ -202,6 +202,39 @@ async def run_level(
     }
 
 
+def print_table(levels: list[dict]) -> None:
+    """One line per concurrency level: what was sent, each outcome, req/s, latency and whether the gateway went idle."""
+    print()
+    head = f"{'conc':>5} {'sent':>6} {'200':>6} {'429':>5} {'503':>5} {'other':>6} {'hung':>5} {'lost':>5} "
+    head += f"{'ok req/s':>9} {'p50 s':>7} {'p95 s':>7} {'idle after':>10}"
+    print(head)
+    for r in levels:
+        o = r["outcomes"]
+        other = sum(v for k, v in o.items() if k not in ("200", "429", "503", "hung"))
+        idle = "yes" if not (r["in_flight_after"] or r["queued_after"]) else "NO"
+        p50 = f"{r['p50_s']:.3f}" if r["p50_s"] is not None else "-"
+        p95 = f"{r['p95_s']:.3f}" if r["p95_s"] is not None else "-"
+        print(
+            f"{r['concurrency']:>5} {r['sent']:>6} {o.get('200', 0):>6} {o.get('429', 0):>5} {o.get('503', 0):>5} "
+            f"{other:>6} {o.get('hung', 0):>5} {r['lost']:>5} {r['ok_rps']:>9.2f} {p50:>7} {p95:>7} {idle:>10}"
+        )
+
+
+def highest_sustained(levels: list[dict], bound: float) -> dict | None:
+    """The level with the most successful req/s whose p95 stayed within ``bound`` seconds, with nothing lost or hung
+    and the gateway idle after (None: no such level)."""
+    sustained = [
+        r
+        for r in levels
+        if r["p95_s"] is not None
+        and r["p95_s"] <= bound
+        and not r["lost"]
+        and not r["outcomes"].get("hung")
+        and not (r["in_flight_after"] or r["queued_after"])
+    ]
+    return max(sustained, key=lambda r: r["ok_rps"]) if sustained else None
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--levels", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
@@ -248,30 +281,8 @@ async def main() -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
 
-    print()
-    head = f"{'conc':>5} {'sent':>6} {'200':>6} {'429':>5} {'503':>5} {'other':>6} {'hung':>5} {'lost':>5} "
-    head += f"{'ok req/s':>9} {'p50 s':>7} {'p95 s':>7} {'idle after':>10}"
-    print(head)
-    for r in levels:
-        o = r["outcomes"]
-        other = sum(v for k, v in o.items() if k not in ("200", "429", "503", "hung"))
-        idle = "yes" if not (r["in_flight_after"] or r["queued_after"]) else "NO"
-        p50 = f"{r['p50_s']:.3f}" if r["p50_s"] is not None else "-"
-        p95 = f"{r['p95_s']:.3f}" if r["p95_s"] is not None else "-"
-        print(
-            f"{r['concurrency']:>5} {r['sent']:>6} {o.get('200', 0):>6} {o.get('429', 0):>5} {o.get('503', 0):>5} "
-            f"{other:>6} {o.get('hung', 0):>5} {r['lost']:>5} {r['ok_rps']:>9.2f} {p50:>7} {p95:>7} {idle:>10}"
-        )
-    sustained = [
-        r
-        for r in levels
-        if r["p95_s"] is not None
-        and r["p95_s"] <= args.p95_bound_s
-        and not r["lost"]
-        and not r["outcomes"].get("hung")
-        and not (r["in_flight_after"] or r["queued_after"])
-    ]
-    best = max(sustained, key=lambda r: r["ok_rps"]) if sustained else None
+    print_table(levels)
+    best = highest_sustained(levels, args.p95_bound_s)
     if best:
         print(
             f"\nhighest sustained: {best['ok_rps']:.2f} req/s at concurrency {best['concurrency']} "

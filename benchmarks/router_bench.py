@@ -94,6 +94,21 @@ async def drive(call: Any, items: list[Any], concurrency: int) -> tuple[float, l
     return time.perf_counter() - t0, lat, results
 
 
+def served(requests: int, concurrency: int, wall: float, lat: list[float], decisions: list[float]) -> dict[str, Any]:
+    """What both serving measurements report: requests/s, request latency (seconds in ``lat``) and decision latency
+    (ms in ``decisions``)."""
+    return {
+        "requests": requests,
+        "concurrency": concurrency,
+        "wall_s": wall,
+        "rps": requests / wall,
+        "latency_p50_ms": pct(lat, 0.5) * 1e3,
+        "latency_p95_ms": pct(lat, 0.95) * 1e3,
+        "decision_p50_ms": pct(decisions, 0.5),
+        "decision_p95_ms": pct(decisions, 0.95),
+    }
+
+
 async def bench_executor(spec_path: Path, questions: list[str], concurrency: int) -> dict[str, Any]:
     from gateway.engines.base import SamplingParams
     from gateway.executors.base import ExecRequest, StepInfo
@@ -117,14 +132,7 @@ async def bench_executor(spec_path: Path, questions: list[str], concurrency: int
     decisions += [s.extra["stop_decision_ms"] for steps in results for s in steps if "stop_decision_ms" in s.extra]
     steps = [len(s) for s in results]
     return {
-        "requests": len(questions),
-        "concurrency": concurrency,
-        "wall_s": wall,
-        "rps": len(questions) / wall,
-        "latency_p50_ms": pct(lat, 0.5) * 1e3,
-        "latency_p95_ms": pct(lat, 0.95) * 1e3,
-        "decision_p50_ms": pct(decisions, 0.5),
-        "decision_p95_ms": pct(decisions, 0.95),
+        **served(len(questions), concurrency, wall, lat, decisions),
         "decisions": len(decisions),
         "mean_calls": float(np.mean(steps)),
     }
@@ -186,14 +194,7 @@ async def bench_http(url: str, questions: list[str], concurrency: int) -> dict[s
     routes = [c["route"] for body in results for c in body["swarmgate"]["choices"]]
     decisions = [s["decision_ms"] for r in routes for s in r]
     return {
-        "requests": len(questions),
-        "concurrency": concurrency,
-        "wall_s": wall,
-        "rps": len(questions) / wall,
-        "latency_p50_ms": pct(lat, 0.5) * 1e3,
-        "latency_p95_ms": pct(lat, 0.95) * 1e3,
-        "decision_p50_ms": pct(decisions, 0.5),
-        "decision_p95_ms": pct(decisions, 0.95),
+        **served(len(questions), concurrency, wall, lat, decisions),
         "mean_calls": float(np.mean([len(r) for r in routes])),
         "mean_cost": float(np.mean([body["swarmgate"]["cost"] for body in results])),
     }

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import itertools
 import json
 import statistics
@@ -25,7 +26,16 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway_overhead import REPO, CpuMeter, Servers, cpu_per_request, percentile, toy_prompts
+from gateway_overhead import (
+    CpuMeter,
+    Servers,
+    client_limits,
+    concurrently,
+    load_args,
+    measure_level,
+    percentile,
+    toy_prompts,
+)
 
 TARGETS = ("vllm serve", "swarmgate")
 
@@ -56,19 +66,15 @@ async def stream_one(client: httpx.AsyncClient, url: str, prompt: str, max_token
 
 
 async def drive(client: httpx.AsyncClient, url: str, prompts: list[str], concurrency: int, max_tokens: int) -> dict:
-    sem = asyncio.Semaphore(concurrency)
     ttft: list[float] = []
     itl: list[float] = []
 
     async def one(p: str) -> None:
-        async with sem:
-            first, gaps = await stream_one(client, url, p, max_tokens)
-            ttft.append(first)
-            itl.extend(gaps)
+        first, gaps = await stream_one(client, url, p, max_tokens)
+        ttft.append(first)
+        itl.extend(gaps)
 
-    t0 = time.perf_counter()
-    await asyncio.gather(*(one(p) for p in prompts))
-    wall = time.perf_counter() - t0
+    wall = await concurrently(one, prompts, concurrency)
     return {
         "requests": len(prompts),
         "wall_s": wall,
@@ -82,19 +88,7 @@ async def drive(client: httpx.AsyncClient, url: str, prompts: list[str], concurr
 
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--requests", type=int, default=128, help="requests per measured pass")
-    ap.add_argument("--rounds", type=int, default=3, help="measured passes per (target, concurrency)")
-    ap.add_argument("--warmup-passes", type=int, default=1)
-    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--model", type=Path, default=None, help="a local HF checkpoint (default: the toy base)")
-    ap.add_argument("--toy-dir", type=Path, default=None)
-    ap.add_argument("--quick", action="store_true", help="a tiny budget: 32 requests, 2 rounds, c = 1 8")
-    ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench" / "streaming.json")
-    args = ap.parse_args()
-    if args.quick:
-        args.requests, args.rounds, args.warmup_passes, args.concurrency = 32, 2, 1, [1, 8]
-
+    args = load_args(ap, requests=128, rounds=3, warmup_passes=1, max_tokens=32, quick=32, out="streaming.json")
     toy_model, prompts = toy_prompts(args.requests, args.toy_dir)
     model = str(args.model) if args.model else toy_model
     servers = Servers(model, max_model_len=max(256, args.max_tokens + 64))
@@ -103,21 +97,14 @@ async def main() -> None:
         await servers.start()
         urls = {"vllm serve": servers.vllm_url, "swarmgate": servers.gateway_url}
         meter = CpuMeter({"vllm serve": servers.procs[1].pid, "swarmgate": servers.procs[0].pid})
-        # Idle connections are dropped after 1 s, before the servers' 5 s keep-alive timeout closes them under a request
-        # (a request sent on a connection the server is closing fails with ReadError).
-        limits = httpx.Limits(max_connections=256, max_keepalive_connections=256, keepalive_expiry=1.0)
-        async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+        async with httpx.AsyncClient(timeout=300, limits=client_limits()) as client:
             for c in args.concurrency:
-                for name in TARGETS:
-                    for _ in range(args.warmup_passes):
-                        await drive(client, urls[name], prompts, c, args.max_tokens)
-                for rnd in range(args.rounds):
-                    order = TARGETS if rnd % 2 == 0 else tuple(reversed(TARGETS))
-                    for name in order:
-                        before = meter.read()
-                        r = await drive(client, urls[name], prompts, c, args.max_tokens)
-                        cpu = cpu_per_request(before, meter.read(), name, len(prompts))
-                        results.append({"target": name, "concurrency": c, "round": rnd, **r, "cpu_ms_per_request": cpu})
+                targets = {
+                    name: functools.partial(drive, client, urls[name], prompts, c, args.max_tokens) for name in TARGETS
+                }
+                results += await measure_level(
+                    targets, c, meter, rounds=args.rounds, warmup_passes=args.warmup_passes, requests=len(prompts)
+                )
     finally:
         servers.stop()
 

@@ -6,8 +6,12 @@
   ``kind: expert`` spec snippet.
 - ``hetero_swarms``: role-step PSO over adjacency matrices decoded by G-Decode (``decode``) and weight-step PSO with
   the JFK-score -> ``topology.json`` and a ``kind: dag`` spec snippet, served by ``gateway.executors.dag``.
-- ``multitask`` (the harmonic mean over tasks of a ``scoring`` utility: exact match, edit similarity, multiple
-  choice, reward model, LLM judge), ``datasets`` (JSONL dev/test), ``generation`` (batched, cached engine calls),
-  ``checkpoints`` (adapter IO and checks), ``config`` (YAML configs, validated before any work), ``cli``
-  (``swarmgate search swarm|graph``).
+- ``base``: what those two searches inherit (engines, utilities, cached generation, the summary's shared parts).
+- ``blend_search``: PSO over a ``kind: blend`` ensemble's mixture weights (and gate threshold) -> a ``kind: blend``
+  spec snippet.
+- ``evaluate`` (expert handles from the engine pool, prompts, building utilities, scoring a model on a split, spec
+  snippets), ``multitask`` (the harmonic mean over tasks of a ``scoring`` utility: exact match, edit similarity,
+  multiple choice, reward model, LLM judge), ``datasets`` (JSONL dev/test splits), ``generation`` (batched, cached
+  engine calls), ``checkpoints`` (adapter IO and checks), ``config`` (YAML configs, validated before any work; the
+  default configs in ``configs/``), ``cli`` (``swarmgate search swarm|graph|blend|config|validate``).
 """

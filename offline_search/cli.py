@@ -1,4 +1,5 @@
-"""``swarmgate search ...``: Model Swarms (``swarm``) and Heterogeneous Swarms (``graph``) from a YAML config.
+"""``swarmgate search ...``: Model Swarms (``swarm``), Heterogeneous Swarms (``graph``) and blend weights (``blend``)
+from a YAML config.
 
 Without ``--config`` each command runs its default config on the toy world (``offline_search/configs/``).
 Configs are validated completely (datasets, experts, adapters against their base) before any model is loaded;
@@ -11,6 +12,7 @@ import asyncio
 import json
 import logging
 import shutil
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -115,72 +117,54 @@ def print_graph_report(s: dict[str, Any]) -> None:
     typer.echo(_table(rows))
 
 
-@app.command("swarm")
-def swarm(
-    config: ConfigOpt = None,
-    resume: ResumeOpt = False,
-    force: ForceOpt = False,
-    output_dir: OutOpt = None,
-    engine: EngineOpt = None,
-    seed: SeedOpt = None,
-    no_cache: NoCacheOpt = False,
-    quiet: QuietOpt = False,
-    report: ReportOpt = False,
-) -> None:
-    """Model Swarms: PSO over the experts' LoRA (or full) weights; writes the best checkpoint and a spec snippet."""
-    from offline_search.model_swarms import run_swarm_search
-
-    _setup_logging(quiet)
-    path = config or default_config_path("swarm")
+def _search(
+    path: Path,
+    load: Callable[[Path, dict[str, Any]], Any],
+    overrides: dict[str, Any],
+    run: Callable[..., Coroutine[Any, Any, Any]],
+    report: Callable[[dict[str, Any]], None] | None = None,
+    *,
+    output_dir: Path | None,
+    resume: bool,
+    force: bool,
+    quiet: bool,
+) -> Any:
+    """The body every search command shares: load and check the config, then run the search (``run``) and return its
+    result; with ``report``, print the finished search's report with it instead and return None."""
     try:
-        cfg = load_swarm_config(path, _overrides(engine, seed, no_cache))
+        cfg = load(path, overrides)
         prepared = prepare(cfg, path, output_dir=str(output_dir) if output_dir else None)
-        if report:
+        if report is not None:
             summary = prepared.output_dir / "summary.json"
             if not summary.is_file():
                 raise ConfigError(path, "output_dir", f"{prepared.output_dir} holds no finished search")
-            print_swarm_report(json.loads(summary.read_text()))
-            return
+            report(json.loads(summary.read_text()))
+            return None
         _start(prepared.output_dir, resume, force)
-        result = asyncio.run(run_swarm_search(prepared, resume=resume, progress=not quiet))
+        return asyncio.run(run(prepared, resume=resume, progress=not quiet))
     except ConfigError as exc:
         raise _fail(exc) from None
+
+
+def _paths(paths: dict[str, Path]) -> None:
+    """What a search wrote, one labelled line each, the paths aligned."""
+    width = max(len(label) for label in paths) + 2
+    for label, path in paths.items():
+        typer.echo(f"{label + ':':<{width}}{path}")
+
+
+def _swarm_done(result: Any) -> None:
     print_swarm_report(result.summary)
-    typer.echo(f"best checkpoint: {result.best_dir}")
-    typer.echo(f"spec snippet:    {result.spec_snippet}")
-    typer.echo(f"summary:         {result.output_dir / 'summary.json'}")
+    _paths(
+        {
+            "best checkpoint": result.best_dir,
+            "spec snippet": result.spec_snippet,
+            "summary": result.output_dir / "summary.json",
+        }
+    )
 
 
-@app.command("graph")
-def graph(
-    config: ConfigOpt = None,
-    resume: ResumeOpt = False,
-    force: ForceOpt = False,
-    output_dir: OutOpt = None,
-    engine: EngineOpt = None,
-    seed: SeedOpt = None,
-    no_cache: NoCacheOpt = False,
-    quiet: QuietOpt = False,
-    report: ReportOpt = False,
-) -> None:
-    """Heterogeneous Swarms: PSO over DAGs of experts (G-Decode) and their weights (JFK); writes topology.json."""
-    from offline_search.hetero_swarms import run_graph_search
-
-    _setup_logging(quiet)
-    path = config or default_config_path("graph")
-    try:
-        cfg = load_graph_config(path, _overrides(engine, seed, no_cache))
-        prepared = prepare(cfg, path, output_dir=str(output_dir) if output_dir else None)
-        if report:
-            summary = prepared.output_dir / "summary.json"
-            if not summary.is_file():
-                raise ConfigError(path, "output_dir", f"{prepared.output_dir} holds no finished search")
-            print_graph_report(json.loads(summary.read_text()))
-            return
-        _start(prepared.output_dir, resume, force)
-        result = asyncio.run(run_graph_search(prepared, resume=resume, progress=not quiet))
-    except ConfigError as exc:
-        raise _fail(exc) from None
+def _graph_done(result: Any) -> None:
     s = result.summary
     single = s["best_single_expert"]
     edges = ", ".join(f"{a} -> {b}" for a, b in s["dag"]["edges"]) or s["dag"]["final"]
@@ -190,9 +174,75 @@ def graph(
         f"test {s['experts'][single]['test']:.4f}   gain {s['test_gain_vs_best_single']:+.4f}"
     )
     print_graph_report(s)
-    typer.echo(f"topology:     {result.topology_path}")
-    typer.echo(f"spec snippet: {result.spec_snippet}")
-    typer.echo(f"summary:      {result.output_dir / 'summary.json'}")
+    _paths(
+        {
+            "topology": result.topology_path,
+            "spec snippet": result.spec_snippet,
+            "summary": result.output_dir / "summary.json",
+        }
+    )
+
+
+async def _run_swarm(prepared: Any, **kw: Any) -> Any:
+    from offline_search.model_swarms import run_swarm_search  # imported when a search runs: --help stays quick
+
+    return await run_swarm_search(prepared, **kw)
+
+
+async def _run_graph(prepared: Any, **kw: Any) -> Any:
+    from offline_search.hetero_swarms import run_graph_search
+
+    return await run_graph_search(prepared, **kw)
+
+
+def _swarm_command(
+    kind: str,
+    load: Callable[[Path, dict[str, Any]], Any],
+    run: Callable[..., Coroutine[Any, Any, Any]],
+    printer: Callable[[dict[str, Any]], None],
+    done: Callable[[Any], None],
+) -> Callable[..., None]:
+    """``swarmgate search swarm|graph``: the same options and steps; ``printer`` prints a summary's baseline report
+    (``--report``), ``done`` what a finished run found and wrote."""
+
+    def command(
+        config: ConfigOpt = None,
+        resume: ResumeOpt = False,
+        force: ForceOpt = False,
+        output_dir: OutOpt = None,
+        engine: EngineOpt = None,
+        seed: SeedOpt = None,
+        no_cache: NoCacheOpt = False,
+        quiet: QuietOpt = False,
+        report: ReportOpt = False,
+    ) -> None:
+        _setup_logging(quiet)
+        path = config or default_config_path(kind)  # type: ignore[arg-type]
+        result = _search(
+            path,
+            load,
+            _overrides(engine, seed, no_cache),
+            run,
+            printer if report else None,
+            output_dir=output_dir,
+            resume=resume,
+            force=force,
+            quiet=quiet,
+        )
+        if result is not None:
+            done(result)
+
+    return command
+
+
+app.command(
+    "swarm",
+    help="Model Swarms: PSO over the experts' LoRA (or full) weights; writes the best checkpoint and a spec snippet.",
+)(_swarm_command("swarm", load_swarm_config, _run_swarm, print_swarm_report, _swarm_done))
+app.command(
+    "graph",
+    help="Heterogeneous Swarms: PSO over DAGs of experts (G-Decode) and their weights (JFK); writes topology.json.",
+)(_swarm_command("graph", load_graph_config, _run_graph, print_graph_report, _graph_done))
 
 
 @app.command("blend")
@@ -210,13 +260,16 @@ def blend(
 
     _setup_logging(quiet)
     path = config or DEFAULT_CONFIG
-    try:
-        cfg = load_blend_config(path, _overrides(engine, seed, False))
-        prepared = prepare(cfg, path, output_dir=str(output_dir) if output_dir else None)
-        _start(prepared.output_dir, resume, force)
-        result = asyncio.run(run_blend_search(prepared, resume=resume, progress=not quiet))
-    except ConfigError as exc:
-        raise _fail(exc) from None
+    result = _search(
+        path,
+        load_blend_config,
+        _overrides(engine, seed, False),
+        run_blend_search,
+        output_dir=output_dir,
+        resume=resume,
+        force=force,
+        quiet=quiet,
+    )
     s = result.summary
     best = s["best_member_on_test"]
     typer.echo(
@@ -227,8 +280,7 @@ def blend(
         f"{s['uniform']['test']:.4f}   best member ({best}): test {s['experts'][best]['test']:.4f}   "
         f"gain {s['test_gain_vs_best_member']}"
     )
-    typer.echo(f"spec snippet: {result.spec_snippet}")
-    typer.echo(f"summary:      {result.output_dir / 'summary.json'}")
+    _paths({"spec snippet": result.spec_snippet, "summary": result.output_dir / "summary.json"})
 
 
 @app.command("config")

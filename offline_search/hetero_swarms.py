@@ -28,6 +28,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,26 +37,17 @@ import numpy as np
 import torch
 
 from gateway.engines.base import Adapter
-from gateway.engines.pool import EnginePool
 from gateway.executors.base import ExpertHandle
 from gateway.executors.dag import DagExecutor
 from gateway.templates import PROMPT_PRESETS, PromptTemplates
 from gateway.topology import Topology, TopologyNode
+from offline_search.base import BaseSearch, check_output_dir, gains_on_test
 from offline_search.checkpoints import LoraAdapter, read_adapter, write_adapter
 from offline_search.config import GraphSearchConfig, Prepared
 from offline_search.decode import DecodedGraph, g_decode, random_adjacency
-from offline_search.evaluate import (
-    build_utilities,
-    close_utilities,
-    expert_handle,
-    relative_gain,
-    sampling,
-    write_spec_snippet,
-)
-from offline_search.generation import BatchGenerator, OutputCache
-from offline_search.model_swarms import check_output_dir
+from offline_search.evaluate import expert_handle, sampling, write_spec_snippet
 from offline_search.pso import Params, ParticleSwarm
-from offline_search.tracking import RunLog, drive, plot_convergence
+from offline_search.tracking import Evaluate, RunLog, drive
 from scoring.base import UtilityResult
 from scoring.examples import Example
 
@@ -111,23 +103,17 @@ class GraphResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-class HeteroSwarms:
+class HeteroSwarms(BaseSearch):
+    config_type = GraphSearchConfig
+    cfg: GraphSearchConfig
+
     def __init__(self, prepared: Prepared, *, progress: bool = True):
-        if not isinstance(prepared.config, GraphSearchConfig):
-            raise TypeError("HeteroSwarms needs a GraphSearchConfig")
-        self.p = prepared
-        self.cfg: GraphSearchConfig = prepared.config
-        self.out = prepared.output_dir
-        self.progress = progress
+        super().__init__(prepared, progress=progress)
         self.templates = templates_of(self.cfg)
-        self.pool = EnginePool()
-        self.utility, self.report = build_utilities(self.cfg, prepared.root)
-        self.generator = BatchGenerator(OutputCache(self.out / "cache.jsonl") if self.cfg.cache else None)
         self.params = sampling(self.cfg.generation)
         self.members: list[Member] = []
         self.progress_state: dict[str, Any] = {}
         self.phase_best: dict[str, Any] | None = None
-        self.evaluations = 0
         self._scores: dict[str, UtilityResult] = {}
 
     # ----------------------------------------------------------------------------------------------- scoring graphs
@@ -151,19 +137,40 @@ class HeteroSwarms:
     def _handles(self) -> dict[str, ExpertHandle]:
         return {m.name: m.handle for m in self.members}
 
+    async def _drive(
+        self,
+        swarm: ParticleSwarm,
+        evaluate: Evaluate,
+        run_log: RunLog,
+        phase: str,
+        desc: str,
+        extra: Callable[[], dict[str, Any]] = dict,
+    ) -> None:
+        """Run a phase's swarm to its end (unless it is done already), saving its state with ``extra()`` and the
+        evaluation count under ``state/<phase>``."""
+        if not swarm.done:
+            await drive(
+                swarm,
+                evaluate,
+                state_dir=self.out / "state" / phase,
+                run_log=run_log,
+                phase=phase,
+                extra_state=lambda: {**extra(), "evaluations": self.evaluations},
+                progress=self.progress,
+                desc=desc,
+            )
+
     # ----------------------------------------------------------------------------------------------- role-step
     async def _role_step(self, round_: int, run_log: RunLog, resume: bool) -> dict[str, Any]:
         cfg = self.cfg
         phase = f"role-{round_}"
         state_dir = self.out / "state" / phase
-        n = len(self.members)
-        names = [m.name for m in self.members]
-        dev = self.p.splits.dev
         if resume and ParticleSwarm.saved_iteration(state_dir) is not None:
             swarm, extra = ParticleSwarm.load(state_dir)
             self.phase_best = extra.get("best")
             self.evaluations = int(extra.get("evaluations", self.evaluations))
         else:
+            n = len(self.members)
             rng = np.random.default_rng([cfg.seed, round_, 2])
             init = [torch.tensor(random_adjacency(n, rng), dtype=torch.float32) for _ in range(cfg.swarm_size)]
             prev = self.progress_state.get("best")
@@ -173,59 +180,67 @@ class HeteroSwarms:
             self.phase_best = None
 
         async def evaluate(positions: list[Params], iteration: int) -> tuple[list[float | None], dict[str, Any]]:
-            t0 = time.perf_counter()
-            graphs = []
-            for i, x in enumerate(positions):
-                rng = np.random.default_rng([cfg.seed, round_, 3, iteration, i])
-                graphs.append(g_decode(x, top_p=cfg.decode_top_p, rng=rng, edge_threshold=cfg.edge_threshold))
-            topos = [to_topology(g, names, names, self.templates) for g in graphs]
-            unique = {t.signature(): t for t in topos} if cfg.cache else {str(i): t for i, t in enumerate(topos)}
-            handles = self._handles()
-            results = dict(
-                zip(
-                    unique,
-                    await asyncio.gather(*(self.score_topology(t, handles, dev, "dev") for t in unique.values())),
-                    strict=True,
-                )
-            )
-            keys = [t.signature() for t in topos] if cfg.cache else [str(i) for i in range(len(topos))]
-            us: list[float | None] = [results[k].value for k in keys]
-            self.evaluations += len(positions)
-            for i, (t, u) in enumerate(zip(topos, us, strict=True)):
-                if self.phase_best is None or u > self.phase_best["dev"]:
-                    x = positions[i]
-                    assert isinstance(x, torch.Tensor)
-                    self.phase_best = {
-                        "dev": u,
-                        "topology": t.to_json(),
-                        "adjacency": x.tolist(),
-                        "iteration": iteration,
-                        "particle": i,
-                        "decode": "top_p",
-                    }
-            facts = {
-                "graphs": [_describe(t) for t in topos],
-                "unique_graphs": len(unique),
-                "seconds": round(time.perf_counter() - t0, 3),
-            }
-            return us, facts
+            return await self._score_graphs(round_, positions, iteration)
 
-        if not swarm.done:
-            await drive(
-                swarm,
-                evaluate,
-                state_dir=state_dir,
-                run_log=run_log,
-                phase=phase,
-                extra_state=lambda: {"best": self.phase_best, "evaluations": self.evaluations},
-                progress=self.progress,
-                desc=f"role-step {round_}",
+        await self._drive(swarm, evaluate, run_log, phase, f"role-step {round_}", lambda: {"best": self.phase_best})
+        best = await self._role_best(swarm)
+        best["round"] = round_
+        run_log.write("role_step_done", phase=phase, best=best, stop_reason=swarm.stop_reason)
+        return best
+
+    async def _score_graphs(
+        self, round_: int, positions: list[Params], iteration: int
+    ) -> tuple[list[float | None], dict[str, Any]]:
+        """A role-step iteration: decode every particle (top-p) into a DAG, score each distinct one on dev, and keep
+        the best graph scored in this phase (``phase_best``)."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        names = [m.name for m in self.members]
+        graphs = []
+        for i, x in enumerate(positions):
+            rng = np.random.default_rng([cfg.seed, round_, 3, iteration, i])
+            graphs.append(g_decode(x, top_p=cfg.decode_top_p, rng=rng, edge_threshold=cfg.edge_threshold))
+        topos = [to_topology(g, names, names, self.templates) for g in graphs]
+        unique = {t.signature(): t for t in topos} if cfg.cache else {str(i): t for i, t in enumerate(topos)}
+        handles = self._handles()
+        dev = self.p.splits.dev
+        results = dict(
+            zip(
+                unique,
+                await asyncio.gather(*(self.score_topology(t, handles, dev, "dev") for t in unique.values())),
+                strict=True,
             )
-        # The deterministic decode of the global best particle competes with the best graph actually scored.
+        )
+        keys = [t.signature() for t in topos] if cfg.cache else [str(i) for i in range(len(topos))]
+        us: list[float | None] = [results[k].value for k in keys]
+        self.evaluations += len(positions)
+        for i, (t, u) in enumerate(zip(topos, us, strict=True)):
+            if self.phase_best is None or u > self.phase_best["dev"]:
+                x = positions[i]
+                assert isinstance(x, torch.Tensor)
+                self.phase_best = {
+                    "dev": u,
+                    "topology": t.to_json(),
+                    "adjacency": x.tolist(),
+                    "iteration": iteration,
+                    "particle": i,
+                    "decode": "top_p",
+                }
+        facts = {
+            "graphs": [_describe(t) for t in topos],
+            "unique_graphs": len(unique),
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        return us, facts
+
+    async def _role_best(self, swarm: ParticleSwarm) -> dict[str, Any]:
+        """The phase's best graph: the deterministic decode of the global best particle competes with the best graph
+        actually scored."""
         assert isinstance(swarm.global_best_x, torch.Tensor) and self.phase_best is not None
-        g = g_decode(swarm.global_best_x, top_p=0.0, edge_threshold=cfg.edge_threshold)
+        names = [m.name for m in self.members]
+        g = g_decode(swarm.global_best_x, top_p=0.0, edge_threshold=self.cfg.edge_threshold)
         t = to_topology(g, names, names, self.templates)
-        r = await self.score_topology(t, self._handles(), dev, "dev")
+        r = await self.score_topology(t, self._handles(), self.p.splits.dev, "dev")
         best = dict(self.phase_best)
         if r.value > best["dev"]:
             best = {
@@ -236,8 +251,6 @@ class HeteroSwarms:
                 "particle": swarm.global_best_index,
                 "decode": "deterministic",
             }
-        best["round"] = round_
-        run_log.write("role_step_done", phase=phase, best=best, stop_reason=swarm.stop_reason)
         return best
 
     # ----------------------------------------------------------------------------------------------- weight-step
@@ -246,7 +259,6 @@ class HeteroSwarms:
         cfg, ws = self.cfg, self.cfg.weight_step
         phase = f"weight-{round_}"
         state_dir = self.out / "state" / phase
-        dev = self.p.splits.dev
         graph = Topology.from_json(best["topology"])
         index = {m.name: i for i, m in enumerate(self.members)}
         used = [index[e] for e in graph.experts()]  # the models of the system; nodes are its slots
@@ -257,7 +269,6 @@ class HeteroSwarms:
         adapters: list[LoraAdapter] = [read_adapter(m.adapter_dir) for m in models if m.adapter_dir]
         base = self.p.experts[0]
         engine = await self.pool.get(base.engine, base.model, base.engine_args)
-        n_models = len(models)
 
         if resume and ParticleSwarm.saved_iteration(state_dir) is not None:
             swarm, extra = ParticleSwarm.load(state_dir)
@@ -276,51 +287,56 @@ class HeteroSwarms:
         async def evaluate(positions: list[Params], iteration: int) -> tuple[list[float | None], dict[str, Any]]:
             t0 = time.perf_counter()
             handles = [handle_of(k, x) for k, x in enumerate(positions)]
-            rng = np.random.default_rng([cfg.seed, round_, 4, iteration])
-            assignments = [[int(rng.integers(n_models)) for _ in graph.nodes] for _ in range(ws.assignments)]
-            topos = [
-                Topology(
-                    tuple(TopologyNode(n.id, handles[a[k]].name, n.prompt) for k, n in enumerate(graph.nodes)),
-                    graph.edges,
-                    graph.final,
-                    graph.response_template,
-                )
-                for a in assignments
-            ]
-            by_name = {h.name: h for h in handles}
-            results = await asyncio.gather(*(self.score_topology(t, by_name, dev, "dev") for t in topos))
-            us = [r.value for r in results]
-            self.evaluations += len(assignments)
-            facts = {
-                "assignments": [[models[k].name for k in a] for a in assignments],
-                "assignment_utilities": us,
-                "models": [h.name for h in handles],
-                "seconds": round(time.perf_counter() - t0, 3),
-            }
-            return jfk_scores(assignments, us, n_models), facts
+            us, facts = await self._score_assignments(graph, models, handles, [cfg.seed, round_, 4, iteration])
+            facts["seconds"] = round(time.perf_counter() - t0, 3)
+            return us, facts
 
-        if not swarm.done:
-            await drive(
-                swarm,
-                evaluate,
-                state_dir=state_dir,
-                run_log=run_log,
-                phase=phase,
-                extra_state=lambda: {"evaluations": self.evaluations},
-                progress=self.progress,
-                desc=f"weight-step {round_}",
-            )
+        await self._drive(swarm, evaluate, run_log, phase, f"weight-step {round_}")
 
         # Candidates: each model's personal best, in its own role. Kept only if the best graph gains on dev.
         candidates = [handle_of(k, p.best_x) for k, p in enumerate(swarm.particles)]
         cand_topo = _with_experts(graph, {m.name: c.name for m, c in zip(models, candidates, strict=True)})
-        r = await self.score_topology(cand_topo, {c.name: c for c in candidates}, dev, "dev")
+        r = await self.score_topology(cand_topo, {c.name: c for c in candidates}, self.p.splits.dev, "dev")
         accepted = ws.accept == "always" or r.value > best["dev"]
         run_log.write(
             "weight_step_done", phase=phase, dev_before=best["dev"], dev_with_updated=r.value, accepted=accepted
         )
         if not accepted:
             return best
+        renamed = self._adopt(round_, used, candidates, engine)
+        return {**best, "dev": r.value, "topology": _with_experts(graph, renamed).to_json(), "weight_round": round_}
+
+    async def _score_assignments(
+        self, graph: Topology, models: list[Member], handles: list[ExpertHandle], seed: list[int]
+    ) -> tuple[list[float | None], dict[str, Any]]:
+        """A weight-step iteration: random assignments of the particles (``handles``, one per model) to the graph's
+        nodes, scored on dev; each model's utility is its JFK-score."""
+        ws, n_models = self.cfg.weight_step, len(models)
+        rng = np.random.default_rng(seed)
+        assignments = [[int(rng.integers(n_models)) for _ in graph.nodes] for _ in range(ws.assignments)]
+        topos = [
+            Topology(
+                tuple(TopologyNode(n.id, handles[a[k]].name, n.prompt) for k, n in enumerate(graph.nodes)),
+                graph.edges,
+                graph.final,
+                graph.response_template,
+            )
+            for a in assignments
+        ]
+        by_name = {h.name: h for h in handles}
+        results = await asyncio.gather(*(self.score_topology(t, by_name, self.p.splits.dev, "dev") for t in topos))
+        us = [r.value for r in results]
+        self.evaluations += len(assignments)
+        facts = {
+            "assignments": [[models[k].name for k in a] for a in assignments],
+            "assignment_utilities": us,
+            "models": [h.name for h in handles],
+        }
+        return jfk_scores(assignments, us, n_models), facts
+
+    def _adopt(self, round_: int, used: list[int], candidates: list[ExpertHandle], engine: Any) -> dict[str, str]:
+        """Make the accepted candidates members in their models' places, each copied to ``experts/<origin>-hs<k>``;
+        returns old name -> new name."""
         renamed: dict[str, str] = {}
         for i, cand in zip(used, candidates, strict=True):
             member = self.members[i]
@@ -333,7 +349,7 @@ class HeteroSwarms:
             handle = ExpertHandle(new_name, engine, self.pool.adapter(new_name, target), member.handle.cost)
             self.members[i] = Member(new_name, handle, str(target), member.origin, round_)
             renamed[member.name] = new_name
-        return {**best, "dev": r.value, "topology": _with_experts(graph, renamed).to_json(), "weight_round": round_}
+        return renamed
 
     # ----------------------------------------------------------------------------------------------- run
     def _save_progress(self) -> None:
@@ -404,8 +420,7 @@ class HeteroSwarms:
                     self._save_progress()
             return await self._finish(run_log, time.perf_counter() - t_start)
         finally:
-            await self.pool.close()
-            await close_utilities(self.utility, self.report)
+            await self.close()
 
     async def _baselines(
         self, originals: dict[str, ExpertHandle], dev: list[Example], test: list[Example]
@@ -451,19 +466,15 @@ class HeteroSwarms:
         }
 
     async def _finish(self, run_log: RunLog, seconds: float) -> GraphResult:
+        """Score the best graph, every single expert and the baselines on test; write ``topology.json``, the summary,
+        the convergence plot and the spec snippet."""
         cfg, out = self.cfg, self.out
         best = self.progress_state["best"]
         topo = Topology.from_json(best["topology"])
-        handles = self._handles()
         dev, test = self.p.splits.dev, self.p.splits.test
-        dag_test = await self.score_topology(topo, handles, test, "test")
-        singles: dict[str, dict[str, Any]] = {}
+        dag_test = await self.score_topology(topo, self._handles(), test, "test")
         originals = {e.name: await expert_handle(self.pool, e) for e in self.p.experts}
-        for name, h in originals.items():
-            one = {name: h}
-            d = await self.score_topology(single_topology(name, self.templates), one, dev, "dev")
-            t = await self.score_topology(single_topology(name, self.templates), one, test, "test")
-            singles[name] = {"dev": d.value, "test": t.value, "test_per_task": t.per_task}
+        singles = await self._single_scores(originals)
         best_single = max(singles, key=lambda n: singles[n]["dev"])
         strongest_test = max(s["test"] for s in singles.values())
         baselines = await self._baselines(originals, dev, test)
@@ -480,9 +491,7 @@ class HeteroSwarms:
         topo = Topology(topo.nodes, topo.edges, topo.final, topo.response_template, search_meta)
         topo_path = topo.save(out / "topology.json")
         summary: dict[str, Any] = {
-            "name": cfg.name,
-            "utility": self.utility.name,
-            "report_utility": self.report.name,
+            **self.summary_head(),
             "dag": {
                 "topology": str(topo_path.resolve()),
                 "nodes": [{"id": n.id, "expert": n.expert} for n in topo.nodes],
@@ -494,46 +503,24 @@ class HeteroSwarms:
             },
             "experts": singles,
             "best_single_expert": best_single,
-            "test_gain_vs_best_single": dag_test.value - singles[best_single]["test"],
-            "test_relative_gain_vs_best_single": relative_gain(dag_test.value, singles[best_single]["test"]),
-            "test_gain_vs_strongest_single": dag_test.value - strongest_test,
-            "test_relative_gain_vs_strongest_single": relative_gain(dag_test.value, strongest_test),
+            **gains_on_test(
+                dag_test.value, {"best_single": singles[best_single]["test"], "strongest_single": strongest_test}
+            ),
             "baselines": baselines,
             "test_gain_vs_best_chain": dag_test.value - baselines["best_chain"]["test"],
             "test_gain_vs_random_search": dag_test.value - baselines["random_search"]["test"],
             "updated_experts": [m.name for m in self.members if m.updated_in_round is not None],
-            "utility_evaluations": self.evaluations,
-            "generation": self.generator.stats.snapshot(),
-            "wall_seconds_this_session": round(seconds, 2),
-            "dev_examples": len(dev),
-            "test_examples": len(test),
+            **self.session_facts(seconds),
         }
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        run_log.write("done", summary=summary)
-        plot_convergence(
-            run_log.read(),
-            out / "convergence.png",
+        self.conclude(
+            summary,
+            run_log,
             title=f"Heterogeneous Swarms: {cfg.name} ({self.utility.name}, dev)",
             baselines={f"best single ({best_single})": singles[best_single]["dev"]},
         )
-        base = self.p.experts[0]
-        new_experts: dict[str, dict[str, Any]] = {}
-        used = set(topo.experts())
-        for m in self.members:
-            if m.updated_in_round is not None and m.name in used:
-                entry: dict[str, Any] = {
-                    "engine": cfg.engine or "auto",
-                    "model": str(Path(base.model).resolve()),
-                    "adapter": str(Path(m.adapter_dir or "").resolve()),
-                }
-                if base.engine_args:
-                    entry["engine_args"] = base.engine_args
-                entry["cost"] = m.handle.cost
-                entry["description"] = f"{m.origin} after the Heterogeneous Swarms weight-step"
-                new_experts[m.name] = entry
         snippet = write_spec_snippet(
             out / "spec_snippet.yaml",
-            experts=new_experts or None,
+            experts=self._updated_experts(set(topo.experts())) or None,
             ensembles={
                 cfg.name: {
                     "kind": "dag",
@@ -544,6 +531,35 @@ class HeteroSwarms:
         )
         shutil.rmtree(out / "particles", ignore_errors=True)
         return GraphResult(out, topo_path, snippet, summary)
+
+    async def _single_scores(self, originals: dict[str, ExpertHandle]) -> dict[str, dict[str, Any]]:
+        """Each original expert answering alone: dev and test utility."""
+        dev, test = self.p.splits.dev, self.p.splits.test
+        singles: dict[str, dict[str, Any]] = {}
+        for name, h in originals.items():
+            one = {name: h}
+            d = await self.score_topology(single_topology(name, self.templates), one, dev, "dev")
+            t = await self.score_topology(single_topology(name, self.templates), one, test, "test")
+            singles[name] = {"dev": d.value, "test": t.value, "test_per_task": t.per_task}
+        return singles
+
+    def _updated_experts(self, used: set[str]) -> dict[str, dict[str, Any]]:
+        """Spec entries of the experts the weight-step updated that the graph ``used``."""
+        base = self.p.experts[0]
+        new_experts: dict[str, dict[str, Any]] = {}
+        for m in self.members:
+            if m.updated_in_round is not None and m.name in used:
+                entry: dict[str, Any] = {
+                    "engine": self.cfg.engine or "auto",
+                    "model": str(Path(base.model).resolve()),
+                    "adapter": str(Path(m.adapter_dir or "").resolve()),
+                }
+                if base.engine_args:
+                    entry["engine_args"] = base.engine_args
+                entry["cost"] = m.handle.cost
+                entry["description"] = f"{m.origin} after the Heterogeneous Swarms weight-step"
+                new_experts[m.name] = entry
+        return new_experts
 
 
 def chain_topology(first: str, second: str, templates: PromptTemplates) -> Topology:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import shutil
 import time
@@ -33,8 +32,8 @@ import numpy as np
 import torch
 
 from gateway.engines.base import Adapter
-from gateway.engines.pool import EnginePool
 from gateway.executors.base import ExpertHandle
+from offline_search.base import BaseSearch, check_output_dir, gains_on_test
 from offline_search.checkpoints import (
     LoraAdapter,
     delta_rank,
@@ -45,18 +44,10 @@ from offline_search.checkpoints import (
     write_delta_adapter,
     write_full,
 )
-from offline_search.config import ConfigError, Prepared, ResolvedExpert, SwarmSearchConfig
-from offline_search.evaluate import (
-    build_utilities,
-    close_utilities,
-    expert_handle,
-    relative_gain,
-    score_expert,
-    write_spec_snippet,
-)
-from offline_search.generation import BatchGenerator, OutputCache
+from offline_search.config import Prepared, ResolvedExpert, SwarmSearchConfig
+from offline_search.evaluate import expert_handle, relative_gain, score_expert, write_spec_snippet
 from offline_search.pso import Params, ParticleSwarm, combine, interpolate_children
-from offline_search.tracking import RunLog, drive, plot_convergence
+from offline_search.tracking import RunLog, drive
 
 log = logging.getLogger(__name__)
 
@@ -69,33 +60,17 @@ class SwarmResult:
     summary: dict[str, Any]
 
 
-def check_output_dir(out: Path, *, resume: bool, config_path: Path, marker: str = "state/latest.json") -> None:
-    """Refuse to overwrite a previous search unless resuming it."""
-    if not resume and (out / marker).exists():
-        raise ConfigError(
-            config_path,
-            "output_dir",
-            f"{out} holds a previous search; pass --resume to continue it or --force to start over",
-        )
+class ModelSwarms(BaseSearch):
+    config_type = SwarmSearchConfig
+    cfg: SwarmSearchConfig
 
-
-class ModelSwarms:
     def __init__(self, prepared: Prepared, *, progress: bool = True):
-        if not isinstance(prepared.config, SwarmSearchConfig):
-            raise TypeError("ModelSwarms needs a SwarmSearchConfig")
-        self.p = prepared
-        self.cfg: SwarmSearchConfig = prepared.config
-        self.out = prepared.output_dir
-        self.progress = progress
-        self.pool = EnginePool()
-        self.utility, self.report = build_utilities(self.cfg, prepared.root)
-        self.generator = BatchGenerator(OutputCache(self.out / "cache.jsonl") if self.cfg.cache else None)
+        super().__init__(prepared, progress=progress)
         self.template: LoraAdapter | None = None
         self.dtype = torch.float32
         self.static: dict[str, torch.Tensor] = {}
         self.rank = 0
         """``particles: delta``: the rank of the adapters particles are written as (holds any combination exactly)."""
-        self.evaluations = 0
 
     # ----------------------------------------------------------------------------------------------- particles
     def _expert_params(self) -> list[Params]:
@@ -256,12 +231,13 @@ class ModelSwarms:
                 )
             return await self._finish(swarm, expert_params, run_log, time.perf_counter() - t_start)
         finally:
-            await self.pool.close()
-            await close_utilities(self.utility, self.report)
+            await self.close()
 
     async def _finish(
         self, swarm: ParticleSwarm, expert_params: list[Params], run_log: RunLog, seconds: float
     ) -> SwarmResult:
+        """Keep the best particle as ``best/``, score it, every expert and the baselines on test, and write the summary,
+        the convergence plot and the spec snippet."""
         cfg, out = self.cfg, self.out
         assert swarm.global_best_x is not None and swarm.global_best_u is not None
         best_src, digest = self._write(swarm.global_best_x)
@@ -271,29 +247,18 @@ class ModelSwarms:
         shutil.copytree(best_src, best_dir)
 
         # Report on test only: the best particle and every initial expert (their own, original checkpoints).
-        test = self.p.splits.test
         best_handle, d = await self._handle(swarm.global_best_x)
-        best_test, _ = await score_expert(self.generator, best_handle, test, cfg.generation, self.report)
+        best_test, _ = await score_expert(self.generator, best_handle, self.p.splits.test, cfg.generation, self.report)
         await self._release(best_handle, d)
-        experts_dev: dict[str, float] = {}
-        experts_test: dict[str, Any] = {}
-        dev_by_particle = swarm.particles
-        for i, e in enumerate(self.p.experts):
-            h = await self._expert_handle(e)
-            r, _ = await score_expert(self.generator, h, test, cfg.generation, self.report)
-            experts_test[e.name] = {"utility": r.value, "per_task": r.per_task}
-            first = dev_by_particle[i].history[0] if dev_by_particle[i].history else None
-            experts_dev[e.name] = float(first) if first is not None else float("nan")
-        best_initial = max(experts_dev, key=lambda n: experts_dev[n])
-        strongest_test = max(v["utility"] for v in experts_test.values())
+        experts = await self._expert_scores(swarm)
+        best_initial = max(experts, key=lambda n: experts[n]["dev"])
+        strongest_test = max(v["test"] for v in experts.values())
         baselines = await self._baselines(swarm, expert_params)
         best_iter = next(
             (r.iteration for r in swarm.records if r.best is not None and r.best >= swarm.global_best_u), None
         )
         summary: dict[str, Any] = {
-            "name": cfg.name,
-            "utility": self.utility.name,
-            "report_utility": self.report.name,
+            **self.summary_head(),
             "best": {
                 "dir": str(best_dir.resolve()),
                 "digest": digest,
@@ -303,46 +268,28 @@ class ModelSwarms:
                 "found_at_iteration": best_iter,
                 "particle": swarm.global_best_index,
             },
-            "experts": {
-                n: {
-                    "dev": experts_dev[n],
-                    "test": experts_test[n]["utility"],
-                    "test_per_task": experts_test[n]["per_task"],
-                }
-                for n in experts_test
-            },
+            "experts": experts,
             "best_initial_expert": best_initial,
-            "test_gain_vs_best_initial": best_test.value - experts_test[best_initial]["utility"],
-            "test_relative_gain_vs_best_initial": relative_gain(best_test.value, experts_test[best_initial]["utility"]),
-            "test_gain_vs_strongest_expert": best_test.value - strongest_test,
-            "test_relative_gain_vs_strongest_expert": relative_gain(best_test.value, strongest_test),
+            **gains_on_test(
+                best_test.value, {"best_initial": experts[best_initial]["test"], "strongest_expert": strongest_test}
+            ),
             "baselines": baselines,
-            "test_relative_gain_vs_best_initial_particle": relative_gain(
-                best_test.value, baselines["best_initial_particle"]["test"]
-            ),
-            "test_relative_gain_vs_uniform_average": relative_gain(
-                best_test.value, baselines["uniform_average"]["test"]
-            ),
-            "test_relative_gain_vs_random_search": relative_gain(best_test.value, baselines["random_search"]["test"]),
+            **{
+                f"test_relative_gain_vs_{name}": relative_gain(best_test.value, baselines[name]["test"])
+                for name in ("best_initial_particle", "uniform_average", "random_search")
+            },
             "iterations": swarm.iteration,
             "stop_reason": swarm.stop_reason,
-            "utility_evaluations": self.evaluations,
-            "generation": self.generator.stats.snapshot(),
-            "wall_seconds_this_session": round(seconds, 2),
-            "dev_examples": len(self.p.splits.dev),
-            "test_examples": len(test),
+            **self.session_facts(seconds),
         }
         if cfg.particles != "full" and cfg.export_merged:
             summary["best"]["merged_dir"] = str(await asyncio.to_thread(self._merge, best_dir))
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        run_log.write("done", summary=summary)
-
-        plot_convergence(
-            run_log.read(),
-            out / "convergence.png",
+        self.conclude(
+            summary,
+            run_log,
             title=f"Model Swarms: {cfg.name} ({self.utility.name}, dev)",
             baselines={
-                **{f"expert {n}": v for n, v in experts_dev.items()},
+                **{f"expert {n}": v["dev"] for n, v in experts.items()},
                 **(
                     {"best initial particle": baselines["best_initial_particle"]["dev"]}
                     if "best_initial_particle" in baselines
@@ -352,7 +299,26 @@ class ModelSwarms:
                 f"random search ({baselines['random_search']['evaluations']})": baselines["random_search"]["dev"],
             },
         )
-        base = self.p.experts[0]
+        snippet = write_spec_snippet(out / "spec_snippet.yaml", ensembles={cfg.name: self._spec_entry(best_dir)})
+        if not cfg.keep_particles:
+            shutil.rmtree(out / "particles", ignore_errors=True)
+        return SwarmResult(out, best_dir, snippet, summary)
+
+    async def _expert_scores(self, swarm: ParticleSwarm) -> dict[str, dict[str, Any]]:
+        """Every original expert's dev utility (as the swarm scored it in iteration 0; NaN if it never was) and its
+        test utility (scored now, on its own checkpoint)."""
+        out: dict[str, dict[str, Any]] = {}
+        for e, particle in zip(self.p.experts, swarm.particles, strict=False):
+            h = await self._expert_handle(e)
+            r, _ = await score_expert(self.generator, h, self.p.splits.test, self.cfg.generation, self.report)
+            first = particle.history[0] if particle.history else None
+            dev = float(first) if first is not None else float("nan")
+            out[e.name] = {"dev": dev, "test": r.value, "test_per_task": r.per_task}
+        return out
+
+    def _spec_entry(self, best_dir: Path) -> dict[str, Any]:
+        """A ``kind: expert`` ensemble serving ``best_dir`` as the experts' engine does (``spec_snippet.yaml``)."""
+        cfg, base = self.cfg, self.p.experts[0]
         entry: dict[str, Any] = {"kind": "expert", "engine": cfg.engine or "auto"}
         if cfg.particles != "full":
             entry.update(model=str(Path(base.model).resolve()), adapter=str(best_dir.resolve()))
@@ -367,10 +333,7 @@ class ModelSwarms:
         if engine_args:
             entry["engine_args"] = engine_args
         entry["description"] = f"Model Swarms over {[e.name for e in self.p.experts]} ({self.utility.name})"
-        snippet = write_spec_snippet(out / "spec_snippet.yaml", ensembles={cfg.name: entry})
-        if not cfg.keep_particles:
-            shutil.rmtree(out / "particles", ignore_errors=True)
-        return SwarmResult(out, best_dir, snippet, summary)
+        return entry
 
     async def _baselines(self, swarm: ParticleSwarm, expert_params: list[Params]) -> dict[str, Any]:
         """What the search must beat, chosen on dev and reported on test: the best particle of the initial swarm

@@ -38,47 +38,59 @@ class CollectStats:
     """Questions whose state graph hit ``max_states_per_question`` (their deepest steps may be missing)."""
 
 
-async def _generate(
-    handles: dict[str, ExpertHandle],
-    keys: Sequence[Key],
-    cache: TrajectoryCache,
-    table: dict[Key, str],
-    *,
-    template: str,
-    params: SamplingParams,
-    batch_size: int,
-    desc: str,
-    progress: bool,
-) -> int:
-    """Answer every key (expert, question, previous), engine by engine in batches; store and return the count."""
-    by_engine: dict[int, list[Key]] = defaultdict(list)
-    for key in keys:
-        by_engine[id(handles[key[0]].engine)].append(key)
-    done = 0
-    with tqdm(total=len(keys), desc=desc, unit="ans", disable=not progress, leave=False) as bar:
+@dataclass(frozen=True)
+class _Asker:
+    """Where answers come from (the experts' engines, asked how) and where they go (the cache and its ``table``)."""
 
-        async def run_group(group: list[Key]) -> None:
-            nonlocal done
-            engine = handles[group[0][0]].engine
-            for i in range(0, len(group), batch_size):
-                part = group[i : i + batch_size]
-                prompts = [step_prompt(template, q, prev or None) for _, q, prev in part]
-                adapters = [handles[e].adapter for e, _, _ in part]
-                results = await engine.complete_batch(prompts, params, adapters=adapters)
-                rows = [
-                    Answer(e, q, prev, r.text, r.prompt_tokens, r.completion_tokens, r.finish_reason)
-                    for (e, q, prev), r in zip(part, results, strict=True)
-                ]
-                cache.put_many(rows)
-                for row in rows:
-                    text = Truncated(row.answer) if row.finish_reason == "length" else row.answer
-                    table[(row.expert, row.question, row.previous)] = text
-                done += len(part)
-                bar.update(len(part))
+    handles: dict[str, ExpertHandle]
+    cache: TrajectoryCache
+    table: dict[Key, str]
+    template: str
+    params: SamplingParams
+    batch_size: int
+    progress: bool
 
-        # engines (e.g. the small base with its adapters, and the big model) generate concurrently
-        await asyncio.gather(*(run_group(group) for group in by_engine.values()))
-    return done
+    async def ask(self, keys: Sequence[Key], desc: str) -> int:
+        """Answer every key (expert, question, previous) the table lacks, engine by engine in batches; store them and
+        return how many were generated."""
+        missing = list(dict.fromkeys(k for k in keys if k not in self.table))
+        by_engine: dict[int, list[Key]] = defaultdict(list)
+        for key in missing:
+            by_engine[id(self.handles[key[0]].engine)].append(key)
+        with tqdm(total=len(missing), desc=desc, unit="ans", disable=not self.progress, leave=False) as bar:
+            # engines (e.g. the small base with its adapters, and the big model) generate concurrently
+            await asyncio.gather(*(self._ask_engine(group, bar) for group in by_engine.values()))
+        return len(missing)
+
+    async def _ask_engine(self, group: list[Key], bar: tqdm) -> None:
+        engine = self.handles[group[0][0]].engine
+        for i in range(0, len(group), self.batch_size):
+            part = group[i : i + self.batch_size]
+            prompts = [step_prompt(self.template, q, prev or None) for _, q, prev in part]
+            adapters = [self.handles[e].adapter for e, _, _ in part]
+            results = await engine.complete_batch(prompts, self.params, adapters=adapters)
+            rows = [
+                Answer(e, q, prev, r.text, r.prompt_tokens, r.completion_tokens, r.finish_reason)
+                for (e, q, prev), r in zip(part, results, strict=True)
+            ]
+            self.cache.put_many(rows)
+            for row in rows:
+                text = Truncated(row.answer) if row.finish_reason == "length" else row.answer
+                self.table[(row.expert, row.question, row.previous)] = text
+            bar.update(len(part))
+
+    async def walk(self, items: Sequence[tuple[str, Sequence[str]]], desc: str) -> int:
+        """Answer along given (question, route) pairs, one step of every route per batch; return how many were
+        generated."""
+        prevs = {i: "" for i in range(len(items))}
+        generated = 0
+        for step in range(max((len(r) for _, r in items), default=0)):
+            keys = [(route[step], q, prevs[i]) for i, (q, route) in enumerate(items) if len(route) > step]
+            generated += await self.ask(keys, f"{desc} step {step + 1}")
+            for i, (q, route) in enumerate(items):
+                if len(route) > step:
+                    prevs[i] = self.table[(route[step], q, prevs[i])].strip()
+        return generated
 
 
 async def collect(
@@ -98,6 +110,7 @@ async def collect(
     experts = list(handles)
     questions = list(dict.fromkeys(questions))
     table = cache.table(questions)
+    asker = _Asker(handles, cache, table, template, params, batch_size, progress)
     stats = CollectStats()
     seen: dict[str, set[str]] = {q: set() for q in questions}
     frontier: list[tuple[str, str]] = [(q, "") for q in questions]
@@ -106,19 +119,9 @@ async def collect(
             seen[q].add(prev)
         stats.states += len(frontier)
         keys = [(e, q, prev) for q, prev in frontier for e in experts]
-        missing = [k for k in keys if k not in table]
-        stats.cached += len(keys) - len(missing)
-        stats.requested += await _generate(
-            handles,
-            missing,
-            cache,
-            table,
-            template=template,
-            params=params,
-            batch_size=batch_size,
-            desc=f"collect depth {d + 1}/{depth}",
-            progress=progress,
-        )
+        generated = await asker.ask(keys, f"collect depth {d + 1}/{depth}")
+        stats.requested += generated
+        stats.cached += len(keys) - generated
         if d == depth - 1:
             break
         nxt: dict[tuple[str, str], None] = {}
@@ -136,23 +139,9 @@ async def collect(
         frontier = list(nxt)
 
     for route in routes:  # fixed routes, step by step across all questions
-        prevs = {q: "" for q in questions}
-        for i, e in enumerate(route):
-            keys = [(e, q, prevs[q]) for q in questions]
-            missing = [k for k in keys if k not in table]
-            stats.cached += len(keys) - len(missing)
-            stats.requested += await _generate(
-                handles,
-                missing,
-                cache,
-                table,
-                template=template,
-                params=params,
-                batch_size=batch_size,
-                desc=f"route {'>'.join(route)} step {i + 1}",
-                progress=progress,
-            )
-            prevs = {q: table[(e, q, prevs[q])].strip() for q in questions}
+        generated = await asker.walk([(q, route) for q in questions], f"route {'>'.join(route)}")
+        stats.requested += generated
+        stats.cached += len(questions) * len(route) - generated
     return stats
 
 
@@ -169,26 +158,7 @@ async def walk_routes(
     desc: str = "routes",
 ) -> int:
     """Collect the answers along given (question, route) pairs, one step of every route per batch."""
-    prevs = {i: "" for i in range(len(items))}
-    generated = 0
-    for step in range(max((len(r) for _, r in items), default=0)):
-        keys = [(route[step], q, prevs[i]) for i, (q, route) in enumerate(items) if len(route) > step]
-        missing = list(dict.fromkeys(k for k in keys if k not in table))
-        generated += await _generate(
-            handles,
-            missing,
-            cache,
-            table,
-            template=template,
-            params=params,
-            batch_size=batch_size,
-            desc=f"{desc} step {step + 1}",
-            progress=progress,
-        )
-        for i, (q, route) in enumerate(items):
-            if len(route) > step:
-                prevs[i] = table[(route[step], q, prevs[i])].strip()
-    return generated
+    return await _Asker(handles, cache, table, template, params, batch_size, progress).walk(items, desc)
 
 
 async def walk_policy(
@@ -206,6 +176,7 @@ async def walk_policy(
     progress: bool = True,
 ) -> int:
     """Collect the answers the policy's own greedy routes need, at each cost weight (all questions step by step)."""
+    asker = _Asker(handles, cache, table, template, params, batch_size, progress)
     costs = dict(zip(policy.experts, policy.costs, strict=True))
     q_vecs = {q: policy.encoder.encode([q])[0] for q in questions}
     generated = 0
@@ -220,18 +191,7 @@ async def walk_policy(
             if not wanted:
                 break
             keys = [(e, q, state[q][0]) for q, e in wanted.items()]
-            missing = [k for k in keys if k not in table]
-            generated += await _generate(
-                handles,
-                missing,
-                cache,
-                table,
-                template=template,
-                params=params,
-                batch_size=batch_size,
-                desc=f"router lambda={lam:g} step {step + 1}",
-                progress=progress,
-            )
+            generated += await asker.ask(keys, f"router lambda={lam:g} step {step + 1}")
             state = {
                 q: (table[(e, q, state[q][0])].strip(), state[q][1] + costs[e], (*state[q][2], e))
                 for q, e in wanted.items()

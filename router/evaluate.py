@@ -242,6 +242,14 @@ def evaluate(
         rows.append(_row("router", float(lam), eps))
         routes[str(lam)] = route_counts(eps)
         say(f"router lambda={lam} done")
+    return _report(rows, routes, policy, len(examples), depth, limit)
+
+
+def _report(
+    rows: list[Row], routes: dict[str, dict[str, int]], policy: RouterPolicy, n_examples: int, depth: int, limit: int
+) -> dict[str, Any]:
+    """The table's rows as a report: every row relative to the all-experts chain's cost, the claim and the targets
+    checked, the routes taken and every question's outcome."""
     all_cost = next(r.cost for r in rows if r.method == "all-experts")
     best_single = max((r for r in rows if r.method.startswith("single:")), key=lambda r: r.quality)
     router_rows = [r for r in rows if r.method == "router"]
@@ -261,7 +269,7 @@ def evaluate(
         "oracle_depth": depth,
         "max_steps": limit,
         "policy": {"path": policy.path, "version": policy.version},
-        "examples": len(examples),
+        "examples": n_examples,
         # per question, every method but random (whose routes are drawn, five seeds per question)
         "episodes": [
             {"method": r.method, "cost_weight": r.cost_weight, **asdict(ep)}

@@ -9,7 +9,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,21 +39,6 @@ def encoder_from_config(cfg: EncoderConfig, texts: Sequence[str] = ()) -> Encode
             vocab = build_vocab(texts, cfg.vocab_min_questions)
         return HashedNgramEncoder(dim=cfg.dim, ngrams=cfg.ngrams, words=cfg.words, vocab=vocab)
     return build_encoder({"kind": cfg.kind, "model_path": cfg.model_path, "max_length": cfg.max_length})
-
-
-def env_factory(
-    cfg: RouterConfig,
-    examples: Sequence[Example],
-    experts: Sequence[str],
-    costs: Sequence[float],
-    answer_fn: AnswerFn,
-    scorer: Scorer,
-    encoder: Encoder,
-) -> Callable[[], ChainRoutingEnv]:
-    def make() -> ChainRoutingEnv:
-        return ChainRoutingEnv(examples, experts, costs, answer_fn, scorer, encoder, cfg.env)
-
-    return make
 
 
 def ppo_kwargs(cfg: RouterConfig) -> dict[str, Any]:
@@ -100,11 +85,12 @@ def train_ppo(
     from stable_baselines3 import PPO
     from stable_baselines3.common.env_util import make_vec_env
 
+    def make_env() -> ChainRoutingEnv:
+        return ChainRoutingEnv(examples, experts, costs, answer_fn, scorer, encoder, cfg.env)
+
     seed = cfg.train.seed
     with torch_threads(cfg.train.torch_threads):
-        venv = make_vec_env(
-            env_factory(cfg, examples, experts, costs, answer_fn, scorer, encoder), n_envs=cfg.train.n_envs, seed=seed
-        )
+        venv = make_vec_env(make_env, n_envs=cfg.train.n_envs, seed=seed)
         if cfg.train.normalize_reward:
             from stable_baselines3.common.vec_env import VecNormalize
 

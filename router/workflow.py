@@ -281,16 +281,7 @@ def evaluate_policy(
     from router.evaluate import evaluate, markdown_table, select_cost_weight, write_report
     from router.scoring import build_scorer
 
-    split = split or (cfg.data.test_split if final else cfg.data.eval_split)
-    if split == cfg.data.test_split and not final:
-        raise ValueError(
-            f"`{split}` is the held-out test split: choose lambda, checkpoints and settings on "
-            f"`{cfg.data.eval_split}`, then report test once with --final"
-        )
-    if final and split != cfg.data.test_split:
-        raise ValueError(f"--final reports the test split ({cfg.data.test_split}), not {split}")
-    if split == cfg.data.train_split:
-        say(f"warning: evaluating on the training split `{split}`: numbers are optimistic")
+    split = _eval_split(cfg, split, final, say)
     policy = load_policy(policy_path or cfg.policy_dir)
     examples = load_split(cfg, split)
     weights = list(cost_weights or policy.cost_weights)
@@ -328,17 +319,7 @@ def evaluate_policy(
     root = Path(out_dir or cfg.eval_dir)
     out = root if out_dir else root / split
     if final:
-        dev_report = Path(cfg.eval_dir) / cfg.data.eval_split / "report.json"
-        chosen = None
-        if dev_report.is_file():
-            import json
-
-            dev = json.loads(dev_report.read_text())
-            if dev.get("policy", {}).get("version") == policy.version:
-                chosen = dev.get("selected_cost_weight")
-        if chosen is None:
-            say(f"warning: no dev report of policy {policy.version} under {dev_report.parent}: no lambda selected")
-        report["selected_cost_weight"] = chosen
+        report["selected_cost_weight"] = _selected_on_dev(cfg, policy, say)
         report["selected_on"] = cfg.data.eval_split
         if (out / "report.json").is_file():
             say(f"warning: {out} already holds a test report; a second look at test is no longer held out")
@@ -355,6 +336,36 @@ def evaluate_policy(
     )
     say(f"wrote {', '.join(str(p) for p in paths.values())}")
     return report
+
+
+def _eval_split(cfg: RouterConfig, split: str | None, final: bool, say: Say) -> str:
+    """The split to evaluate on (default: dev; test only with ``final``, and then only test)."""
+    split = split or (cfg.data.test_split if final else cfg.data.eval_split)
+    if split == cfg.data.test_split and not final:
+        raise ValueError(
+            f"`{split}` is the held-out test split: choose lambda, checkpoints and settings on "
+            f"`{cfg.data.eval_split}`, then report test once with --final"
+        )
+    if final and split != cfg.data.test_split:
+        raise ValueError(f"--final reports the test split ({cfg.data.test_split}), not {split}")
+    if split == cfg.data.train_split:
+        say(f"warning: evaluating on the training split `{split}`: numbers are optimistic")
+    return split
+
+
+def _selected_on_dev(cfg: RouterConfig, policy: Any, say: Say) -> float | None:
+    """The lambda the dev report of this very policy selected (None, with a warning, when there is none)."""
+    import json
+
+    dev_report = Path(cfg.eval_dir) / cfg.data.eval_split / "report.json"
+    chosen = None
+    if dev_report.is_file():
+        dev = json.loads(dev_report.read_text())
+        if dev.get("policy", {}).get("version") == policy.version:
+            chosen = dev.get("selected_cost_weight")
+    if chosen is None:
+        say(f"warning: no dev report of policy {policy.version} under {dev_report.parent}: no lambda selected")
+    return chosen
 
 
 def collect_for_eval(
@@ -497,25 +508,10 @@ def retrain_from_logs(
 ) -> RetrainResult:
     """Logs + feedback -> (collect what the logs lack) -> PPO -> a candidate policy, published as the next version
     only when it beats the serving policy on the dev split (``force_publish`` skips the gate)."""
-    import shutil
-
-    from gateway.routing.policy import PolicyError, load_policy
-    from router.judges import TrafficScorer, build_judge
-    from router.publish import publish_policy
-    from router.retrain import digest_log, read_feedback
-    from router.scoring import build_scorer
+    from router.judges import TrafficScorer
 
     experts = resolve_experts(cfg)
-    digest = digest_log(logs, experts.names)
-    feedback = read_feedback(logs)
-    say(
-        f"{digest.lines} log lines: {len(digest.answers)} transitions, {len(digest.questions)} questions, "
-        f"{len(feedback)} requests with feedback; skipped {digest.skipped}"
-    )
-    with TrajectoryCache(traffic_cache_path(cfg)) as traffic:
-        written = traffic.put_many(digest.answers)
-    say(f"{written} logged transitions stored in {traffic_cache_path(cfg)} (never read by eval)")
-
+    digest, feedback = _store_logs(cfg, logs, experts.names, say)
     held = held_out_questions(cfg)
     questions = [q for q in digest.questions if q not in held]
     dropped: dict[str, int] = {}
@@ -525,25 +521,92 @@ def retrain_from_logs(
             f"{dropped['dev/test question']} logged questions are {cfg.data.eval_split}/{cfg.data.test_split} "
             "questions; left out of training"
         )
-    if judge is None:
-        toy_big = None
-        if cfg.spec:
-            from gateway.spec import load_spec
-
-            spec = load_spec(cfg.spec, check_paths=False)
-            big = spec.experts.get("toy-big")
-            toy_big = (lambda: big.model) if big is not None else None
-        judge = build_judge(cfg.retrain, toy_big)
+    judge = judge if judge is not None else _configured_judge(cfg)
     ref_dir = references or cfg.data.dir
-    index = reference_index(ref_dir) if ref_dir else {}
+    scorer = TrafficScorer(judge=judge, threshold=cfg.retrain.judge_threshold)
+    logged, used, unlabelled = _label_logged(
+        questions, reference_index(ref_dir) if ref_dir else {}, _feedback_by_question(digest, feedback), scorer
+    )
+    if unlabelled:
+        dropped["no reference, feedback or judge"] = unlabelled
+        say(f"{unlabelled} logged questions have no reference, no feedback and no judge (set retrain.judge); left out")
+    say(f"logged questions used: {used}")
+    if collect_missing and logged:
+        collect_questions(cfg, [ex.question for ex in logged], progress=bool(progress), say=say)
+    examples = list(logged)
+    if include_train and cfg.data.dir:
+        seen = {ex.question for ex in examples}
+        examples += [ex for ex in load_split(cfg, cfg.data.train_split) if ex.question not in seen]
+    if not examples:
+        raise ValueError("nothing to train on: the logs hold no usable question and include_train is off")
+    candidate = train_on(
+        cfg,
+        examples,
+        total_timesteps=total_timesteps,
+        progress=progress,
+        policy_root=Path(cfg.policy_dir) / ".candidates",
+        scorer=scorer,
+        extra_table_path=traffic_cache_path(cfg),
+        extra_meta={"retrained_from": [str(p) for p in logs], "logged_questions": len(logged), "signals": used},
+        say=lambda m: None,
+    )
+    published, cand_u, serv_u = _gate(cfg, candidate, collect_missing, force_publish, say)
+    return RetrainResult(candidate, published, cand_u, serv_u, used, dropped)
+
+
+def _store_logs(cfg: RouterConfig, logs: Sequence[str], experts: Sequence[str], say: Say) -> tuple[Any, Any]:
+    """The logs' digest (their routes as transitions) and feedback; the transitions go to the traffic cache."""
+    from router.retrain import digest_log, read_feedback
+
+    digest = digest_log(logs, experts)
+    feedback = read_feedback(logs)
+    say(
+        f"{digest.lines} log lines: {len(digest.answers)} transitions, {len(digest.questions)} questions, "
+        f"{len(feedback)} requests with feedback; skipped {digest.skipped}"
+    )
+    with TrajectoryCache(traffic_cache_path(cfg)) as traffic:
+        written = traffic.put_many(digest.answers)
+    say(f"{written} logged transitions stored in {traffic_cache_path(cfg)} (never read by eval)")
+    return digest, feedback
+
+
+def _configured_judge(cfg: RouterConfig) -> Any:
+    """The judge ``retrain.judge`` names (None: none); ``toy-big`` is the spec's model of that name."""
+    from router.judges import build_judge
+
+    toy_big = None
+    if cfg.spec:
+        from gateway.spec import load_spec
+
+        spec = load_spec(cfg.spec, check_paths=False)
+        big = spec.experts.get("toy-big")
+        toy_big = (lambda: big.model) if big is not None else None
+    return build_judge(cfg.retrain, toy_big)
+
+
+def _feedback_by_question(digest: Any, feedback: dict[str, Any]) -> dict[str, list[tuple[Any, str]]]:
+    """Each logged question's (feedback, the final answer it rates), from the requests that got feedback."""
     by_question: dict[str, list[Any]] = {}
     for rid, fb in feedback.items():
         if rid in digest.finals:
             by_question.setdefault(digest.finals[rid][0], []).append((fb, digest.finals[rid][1]))
-    thr = cfg.retrain.judge_threshold
-    scorer = TrafficScorer(judge=judge, threshold=thr)
+    return by_question
+
+
+def _label_logged(
+    questions: Sequence[str],
+    index: dict[str, Example],
+    by_question: dict[str, list[tuple[Any, str]]],
+    scorer: Any,
+) -> tuple[list[Example], dict[str, int], int]:
+    """Logged questions as training examples, each with the best signal it has: the reference data's answer, a
+    correction, a final answer scored at or above the judge threshold, or else the judge (answers scored below the
+    threshold are marked wrong in ``scorer``). Returns the examples, the count per signal and the count of questions
+    with no signal at all."""
+    thr = scorer.threshold
     logged: list[Example] = []
     used = {"reference": 0, "correction": 0, "score": 0, "judge": 0}
+    unlabelled = 0
     for q in questions:
         ex = index.get(q)
         if ex is not None:
@@ -563,38 +626,25 @@ def retrain_from_logs(
         if ref is not None:
             logged.append(Example(q, ref, "traffic"))
             used[kind] += 1
-        elif judge is not None:
+        elif scorer.judge is not None:
             logged.append(Example(q, None, "traffic"))
             used["judge"] += 1
         else:
-            dropped["no reference, feedback or judge"] = dropped.get("no reference, feedback or judge", 0) + 1
-    if dropped.get("no reference, feedback or judge"):
-        say(
-            f"{dropped['no reference, feedback or judge']} logged questions have no reference, no feedback and no "
-            "judge (set retrain.judge); left out"
-        )
-    say(f"logged questions used: {used}")
-    if collect_missing and logged:
-        collect_questions(cfg, [ex.question for ex in logged], progress=bool(progress), say=say)
-    examples = list(logged)
-    if include_train and cfg.data.dir:
-        seen = {ex.question for ex in examples}
-        examples += [ex for ex in load_split(cfg, cfg.data.train_split) if ex.question not in seen]
-    if not examples:
-        raise ValueError("nothing to train on: the logs hold no usable question and include_train is off")
-    staging = Path(cfg.policy_dir) / ".candidates"
-    candidate = train_on(
-        cfg,
-        examples,
-        total_timesteps=total_timesteps,
-        progress=progress,
-        policy_root=staging,
-        scorer=scorer,
-        extra_table_path=traffic_cache_path(cfg),
-        extra_meta={"retrained_from": [str(p) for p in logs], "logged_questions": len(logged), "signals": used},
-        say=lambda m: None,
-    )
-    # the gate: the held-out dev split, collected answers, the configured (reference) scorer
+            unlabelled += 1
+    return logged, used, unlabelled
+
+
+def _gate(
+    cfg: RouterConfig, candidate: Path, collect_missing: bool, force_publish: bool, say: Say
+) -> tuple[Path | None, float, float | None]:
+    """The gate: the candidate is published when it beats the serving policy on the held-out dev split (collected
+    answers, the configured reference scorer). Returns the published version (or None) and both dev utilities."""
+    import shutil
+
+    from gateway.routing.policy import PolicyError, load_policy
+    from router.publish import publish_policy
+    from router.scoring import build_scorer
+
     dev = load_split(cfg, cfg.data.eval_split)
     cand = load_policy(candidate)
     try:
@@ -621,4 +671,4 @@ def retrain_from_logs(
             f"{serv_u:.4f} by more than {cfg.retrain.min_gain} ({cfg.data.eval_split}, {len(dev)} questions); "
             f"the serving policy stays; candidate kept at {candidate}"
         )
-    return RetrainResult(candidate, published, cand_u, serv_u, used, dropped)
+    return published, cand_u, serv_u
