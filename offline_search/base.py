@@ -20,6 +20,15 @@ from offline_search.generation import BatchGenerator, OutputCache
 from offline_search.tracking import RunLog, plot_convergence
 
 
+def searched_for(tasks: list[str]) -> str:
+    """The tasks a searched model was selected on, for its spec description (``sort and count only``): a user asking
+    it for another task should not be surprised."""
+    if not tasks:
+        return "its dev set"
+    named = tasks[0] if len(tasks) == 1 else f"{', '.join(tasks[:-1])} and {tasks[-1]}"
+    return f"{named} only"
+
+
 def check_output_dir(out: Path, *, resume: bool, config_path: Path, marker: str = "state/latest.json") -> None:
     """Refuse to overwrite a previous search unless resuming it."""
     if not resume and (out / marker).exists():
@@ -64,7 +73,12 @@ class BaseSearch:
 
     def summary_head(self) -> dict[str, Any]:
         """The first keys of ``summary.json``: the search's name and its two utilities."""
-        return {"name": self.cfg.name, "utility": self.utility.name, "report_utility": self.report.name}
+        return {
+            "name": self.cfg.name,
+            "utility": self.utility.name,
+            "report_utility": self.report.name,
+            "tasks": self.p.splits.tasks(),
+        }
 
     def session_facts(self, seconds: float) -> dict[str, Any]:
         """The last keys of ``summary.json``: what this session spent, and the splits' sizes."""

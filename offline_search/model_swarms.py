@@ -33,7 +33,7 @@ import torch
 
 from gateway.engines.base import Adapter
 from gateway.executors.base import ExpertHandle
-from offline_search.base import BaseSearch, check_output_dir, gains_on_test
+from offline_search.base import BaseSearch, check_output_dir, gains_on_test, searched_for
 from offline_search.checkpoints import (
     LoraAdapter,
     delta_rank,
@@ -332,7 +332,10 @@ class ModelSwarms(BaseSearch):
             entry["engine"] = "vllm"
         if engine_args:
             entry["engine_args"] = engine_args
-        entry["description"] = f"Model Swarms over {[e.name for e in self.p.experts]} ({self.utility.name})"
+        entry["description"] = (
+            f"Model Swarms over {[e.name for e in self.p.experts]}, searched for {searched_for(self.p.splits.tasks())}"
+            f" ({self.utility.name})"
+        )
         return entry
 
     async def _baselines(self, swarm: ParticleSwarm, expert_params: list[Params]) -> dict[str, Any]:

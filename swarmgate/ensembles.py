@@ -65,7 +65,7 @@ BLEND = {
     "data": {"dev_limit": 25, "test_limit": 25},
 }
 """Overrides of ``offline_search/configs/toy_blend.yaml`` (small budget: 100 dev questions choose the weights)."""
-VERSION = 5
+VERSION = 6
 """Bumped when what ``build_ensembles`` writes changes (part of the cache hash with the configs)."""
 
 
@@ -139,6 +139,8 @@ def _dev_selected_swarm(snippet: dict[str, Any], summary: dict[str, Any]) -> dic
     """Dev selects what ``toy-swarm`` serves: the searched particle, or the baseline the search reports that scored
     higher on dev at this small budget: the uniform average of the experts' weights, or random search's best draw at
     the same budget (said in the description; the search's report keeps every number)."""
+    from offline_search.base import searched_for
+
     name, entry = next(iter((snippet.get("ensembles") or {}).items()))
     baselines = summary.get("baselines") or {}
     best = summary["best"]["dev"]
@@ -155,8 +157,8 @@ def _dev_selected_swarm(snippet: dict[str, Any], summary: dict[str, Any]) -> dic
     dev, kind = max(better)
     entry["adapter" if "adapter" in entry else "model"] = baselines[kind]["dir"]
     entry["description"] = (
-        f"{kinds[kind]}: it beat the searched particle on dev at this small budget ({dev:.3f} vs {best:.3f}); "
-        "`swarmgate search swarm` searches further"
+        f"{kinds[kind]}, searched for {searched_for(summary.get('tasks') or [])}: it beat the searched particle on "
+        f"dev at this small budget ({dev:.3f} vs {best:.3f}); `swarmgate search swarm` searches further"
     )
     return {name: entry}
 

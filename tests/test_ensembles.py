@@ -59,12 +59,14 @@ def test_dev_selects_the_uniform_average_over_a_weaker_searched_particle() -> No
     summary = {
         "best": {"dev": 0.333},
         "experts": {"toy-adder": {}, "toy-sorter": {}},
+        "tasks": ["count", "sort"],
         "baselines": {"uniform_average": {"dir": "/swarm/uniform_average", "dev": 0.455, "test": 0.41}},
     }
     got = ens._dev_selected_swarm(snippet(), summary)["toy-swarm"]
     assert got["adapter"] == "/swarm/uniform_average" and got["model"] == "/base"
     assert "uniform average of the weights of toy-adder, toy-sorter" in got["description"]
     assert "(0.455 vs 0.333)" in got["description"]
+    assert "searched for count and sort only" in got["description"]  # a user asking it to add is not surprised
     summary["best"]["dev"] = 0.5
     kept = ens._dev_selected_swarm(snippet(), summary)["toy-swarm"]
     assert kept["adapter"] == "/swarm/best" and kept["description"] == "Model Swarms; dev 0.500"

@@ -210,3 +210,11 @@ def test_cli_exits_2_with_the_message(world, tmp_path):
 def test_default_configs_parse():
     assert load_swarm_config(default_config_path("swarm")).toy_world
     assert load_graph_config(default_config_path("graph")).prompts == "toy"
+
+
+def test_a_searched_model_names_the_tasks_it_was_searched_for() -> None:
+    from offline_search.base import searched_for
+
+    assert searched_for(["count", "sort"]) == "count and sort only"
+    assert searched_for(["add", "rev", "sort"]) == "add, rev and sort only"
+    assert searched_for(["sort"]) == "sort only"
