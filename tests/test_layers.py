@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("gateway", "router", "offline_search", "toyworld", "swarmgate", "benchmarks")
+PACKAGES = ("gateway", "scoring", "router", "offline_search", "toyworld", "swarmgate", "benchmarks")
 FORBIDDEN: dict[str, frozenset[str]] = {
-    "gateway": frozenset({"router", "offline_search", "toyworld", "swarmgate", "benchmarks"}),
-    "toyworld": frozenset({"router", "offline_search", "swarmgate"}),
-    "router": frozenset({"swarmgate"}),
-    "offline_search": frozenset({"swarmgate"}),
+    "gateway": frozenset({"scoring", "router", "offline_search", "toyworld", "swarmgate", "benchmarks"}),
+    "scoring": frozenset({"gateway", "router", "offline_search", "toyworld", "swarmgate", "benchmarks"}),
+    "toyworld": frozenset({"gateway", "router", "offline_search", "swarmgate", "benchmarks"}),
+    "router": frozenset({"offline_search", "swarmgate", "benchmarks"}),
+    "offline_search": frozenset({"router", "swarmgate", "benchmarks"}),
 }
 """Package -> the packages it must not import."""
 
