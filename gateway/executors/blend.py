@@ -41,7 +41,7 @@ from gateway.engines.base import (
     TokenLogprob,
     can_score,
 )
-from gateway.engines.sampling import find_stop, seeded_generator
+from gateway.engines.sampling import seeded_generator, sendable
 from gateway.errors import InvalidRequestError
 from gateway.executors.base import ExecEvent, ExecRequest, Executor, ExpertHandle, StepInfo
 
@@ -638,21 +638,8 @@ class _Output:
         return self._emit("".join(self.pieces), is_eos, lp, [choice])
 
     def _emit(self, text: str, is_eos: bool, lp: list[TokenLogprob] | None, ids: list[int]) -> Chunk | None:
-        finish: FinishReason | None = None
-        stop_at = find_stop(text, self.params.stop, self.sent)
-        if stop_at is not None:
-            text, finish = text[:stop_at], "stop"
-        elif is_eos:
-            finish = "stop"
-        elif self.completion_tokens >= self.params.max_tokens:
-            finish = "length"
-        if finish is None:
-            hold = max((len(s) - 1 for s in self.params.stop), default=0)
-            emit_to = max(self.sent, len(text) - hold)
-            while emit_to > self.sent and text[emit_to - 1] == "\ufffd":
-                emit_to -= 1
-        else:
-            emit_to = len(text)
+        full = self.completion_tokens >= self.params.max_tokens
+        text, finish, emit_to = sendable(text, self.params.stop, self.sent, eos=is_eos, full=full)
         delta = text[self.sent : emit_to]
         self.sent = max(self.sent, emit_to)
         chunk = Chunk(text=delta, token_ids=ids, logprobs=lp)
