@@ -225,9 +225,7 @@ class TransformersEngine(Engine):
             raise EngineError("transformers engine not started")
         ids = self.tokenize(prompt)
         params = params.fitted(len(ids), self.max_model_len)
-        unsupported = self.unsupported(params)
-        if unsupported:
-            raise InvalidEngineRequest(f"the transformers engine can't honour '{unsupported[0]}'", param=unsupported[0])
+        self.check_supported(params)
         constraint = None
         if params.structured is not None:
             constraint = await asyncio.to_thread(self._constraint, params.structured)
