@@ -9,7 +9,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import numpy as np
 from gateway.routing.encoders import Encoder, HashedNgramEncoder, build_encoder, build_vocab
 from router.cache import TableAnswers
 from router.config import EncoderConfig, RouterConfig, to_dict
-from router.env import AnswerFn, ChainRoutingEnv, make_layout
+from router.env import ChainRoutingEnv, make_layout
 from router.publish import publish_policy, write_policy_files
 from scoring.base import Scorer
 from scoring.examples import Example
@@ -71,22 +71,15 @@ def torch_threads(n: int) -> Iterator[None]:
 
 def train_ppo(
     cfg: RouterConfig,
-    examples: Sequence[Example],
-    experts: Sequence[str],
-    costs: Sequence[float],
-    answer_fn: AnswerFn,
-    scorer: Scorer,
-    encoder: Encoder,
+    make_env: Callable[[], ChainRoutingEnv],
     *,
     total_timesteps: int | None = None,
     progress_bar: bool | None = None,
 ) -> Any:
-    """Train PPO on the routing env; returns the stable-baselines3 model."""
+    """Train PPO on ``cfg.train.n_envs`` routing envs that ``make_env`` builds (``cfg.env`` their configuration);
+    returns the stable-baselines3 model."""
     from stable_baselines3 import PPO
     from stable_baselines3.common.env_util import make_vec_env
-
-    def make_env() -> ChainRoutingEnv:
-        return ChainRoutingEnv(examples, experts, costs, answer_fn, scorer, encoder, cfg.env)
 
     seed = cfg.train.seed
     with torch_threads(cfg.train.torch_threads):
@@ -166,14 +159,10 @@ def train_and_publish(
     """Train on cached answers and publish the policy as the next version under ``policy_root`` (atomically)."""
     t0 = time.perf_counter()
     steps = total_timesteps or cfg.train.total_timesteps
+    answers = TableAnswers(table)
     model = train_ppo(
         cfg,
-        examples,
-        experts,
-        costs,
-        TableAnswers(table),
-        scorer,
-        encoder,
+        lambda: ChainRoutingEnv(examples, experts, costs, answers, scorer, encoder, cfg.env),
         total_timesteps=steps,
         progress_bar=progress_bar,
     )

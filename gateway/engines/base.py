@@ -262,6 +262,19 @@ class Engine(abc.ABC):
         """The fields ``params`` uses that this engine can't honour (each becomes a 400 naming the field)."""
         return [f for f in params.used_fields() if f not in self.supported_fields]
 
+    def check_supported(self, params: SamplingParams) -> None:
+        """Raise ``InvalidEngineRequest`` naming the first field of ``params`` this engine can't honour."""
+        unsupported = self.unsupported(params)
+        if unsupported:
+            name = unsupported[0]
+            raise InvalidEngineRequest(
+                f"the {self.kind} engine can't honour '{name}'{self.unsupported_hint(name)}", param=name
+            )
+
+    def unsupported_hint(self, name: str) -> str:
+        """What would make the field ``name`` honoured, as a refusal's suffix (``" (...)"``); empty when nothing would."""
+        return ""
+
     def chat_frame(self) -> tuple[str, str] | None:
         """(prefix, suffix) the chat template puts around one user message's content, generation prompt included;
         None when the engine renders no template locally. How ensembles keep a raw completion prompt's format."""

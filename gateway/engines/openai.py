@@ -43,7 +43,6 @@ from gateway.engines.base import (
     EngineError,
     EngineTimeout,
     FinishReason,
-    InvalidEngineRequest,
     Prompt,
     PromptTooLong,
     SamplingParams,
@@ -276,12 +275,18 @@ class OpenAIEngine(Engine):
                     ) from e
                 await asyncio.sleep(RETRY_BACKOFF_S * 2**attempt)
                 attempt += 1
-            except httpx.TimeoutException as e:
-                raise EngineTimeout(
-                    f"openai engine for {self.model!r}: {self.url}{path} sent no response in {self.timeout_s:g}s"
-                ) from e
             except httpx.HTTPError as e:
-                raise EngineError(f"openai engine for {self.model!r}: {self.url}{path} failed: {e!r}") from e
+                where = f"{self.url}{path}"
+                raise self._http_error(e, f"{where} sent no response in", f"{where} failed") from e
+
+    def _http_error(self, e: Exception, timed_out: str, failed: str) -> EngineError:
+        """httpx's error ``e`` as this engine's: ``EngineTimeout`` ending ``{timed_out} {timeout}s`` for a timeout,
+        else ``EngineError`` ending ``{failed}: {e!r}``."""
+        import httpx
+
+        if isinstance(e, httpx.TimeoutException):
+            return EngineTimeout(f"openai engine for {self.model!r}: {timed_out} {self.timeout_s:g}s")
+        return EngineError(f"openai engine for {self.model!r}: {failed}: {e!r}")
 
     async def _raise_for_status(self, resp: Any, params: SamplingParams) -> None:
         if resp.status_code < 400:
@@ -348,9 +353,7 @@ class OpenAIEngine(Engine):
             self._discovery.add_done_callback(self._discovery_done)
         if adapter is not None and self.load_adapters:
             await self._ensure_adapter(adapter)
-        unsupported = self.unsupported(params)
-        if unsupported:
-            raise InvalidEngineRequest(f"the openai engine can't honour '{unsupported[0]}'", param=unsupported[0])
+        self.check_supported(params)
         path, body = self._body(prompt, params, adapter)
         # vLLM names its request after X-Request-Id (its logs then match ours); other servers ignore the header.
         headers = {"X-Request-Id": request_id} if request_id else None
@@ -384,12 +387,9 @@ class OpenAIEngine(Engine):
             final.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             final.completion_tokens = int(usage.get("completion_tokens") or 0)
             yield final
-        except httpx.TimeoutException as e:
-            raise EngineTimeout(
-                f"openai engine for {self.model!r}: {self.url}{path} stalled for more than {self.timeout_s:g}s"
-            ) from e
         except httpx.HTTPError as e:
-            raise EngineError(f"openai engine for {self.model!r}: stream from {self.url}{path} broke: {e!r}") from e
+            where = f"{self.url}{path}"
+            raise self._http_error(e, f"{where} stalled for more than", f"stream from {where} broke") from e
         finally:
             await resp.aclose()
 

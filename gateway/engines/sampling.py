@@ -9,7 +9,7 @@ schema, or the built-in JSON grammar, is compiled once per (tokenizer, constrain
 sequence masks every step's logits to the tokens that keep the output valid.
 
 Every loop that decodes token by token itself (this engine, the blend executor) also takes its seeded generator and
-its stop-string search from here.
+its stop strings' handling (``sendable``: what of the decoded text may be sent, and whether it is finished) from here.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.engines.base import InvalidEngineRequest, SamplingParams, StructuredOutput
+from gateway.engines.base import FinishReason, InvalidEngineRequest, SamplingParams, StructuredOutput
 
 NEG_INF = float("-inf")
 
@@ -188,3 +188,30 @@ def find_stop(text: str, stops: tuple[str, ...], sent: int) -> int | None:
         if i != -1 and (best is None or i < best):
             best = i
     return best
+
+
+def sendable(
+    text: str, stops: tuple[str, ...], sent: int, *, eos: bool, full: bool, search_stop: bool = True
+) -> tuple[str, FinishReason | None, int]:
+    """Where a sequence's decoded ``text`` stands after a token: ``(text, finish reason or None, emit_to)``.
+
+    A stop string (searched from just before the ``sent`` characters, unless ``search_stop`` is off: before
+    ``min_tokens``) cuts the text and finishes it; else the end token (``eos``) or a spent budget (``full``) finishes
+    it. ``text[sent:emit_to]`` may be sent now: the rest of a finished text; of an unfinished one, all but what may
+    start a stop string and a multi-byte character still being built."""
+    finish: FinishReason | None = None
+    stop_at = find_stop(text, stops, sent) if search_stop else None
+    if stop_at is not None:
+        text, finish = text[:stop_at], "stop"
+    elif eos:
+        finish = "stop"
+    elif full:
+        finish = "length"
+    if finish is not None:
+        return text, finish, len(text)
+    hold = max((len(s) - 1 for s in stops), default=0)
+    emit_to = max(sent, len(text) - hold)
+    # never split a multi-byte character being built: decode marks it with U+FFFD
+    while emit_to > sent and text[emit_to - 1] == "\ufffd":
+        emit_to -= 1
+    return text, None, emit_to

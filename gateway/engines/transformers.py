@@ -41,11 +41,11 @@ from gateway.engines.base import (
 )
 from gateway.engines.sampling import (
     ConstraintCompiler,
-    find_stop,
     process,
     prompt_logprobs,
     sample,
     seeded_generator,
+    sendable,
 )
 
 log = logging.getLogger(__name__)
@@ -225,9 +225,7 @@ class TransformersEngine(Engine):
             raise EngineError("transformers engine not started")
         ids = self.tokenize(prompt)
         params = params.fitted(len(ids), self.max_model_len)
-        unsupported = self.unsupported(params)
-        if unsupported:
-            raise InvalidEngineRequest(f"the transformers engine can't honour '{unsupported[0]}'", param=unsupported[0])
+        self.check_supported(params)
         constraint = None
         if params.structured is not None:
             constraint = await asyncio.to_thread(self._constraint, params.structured)
@@ -474,22 +472,14 @@ class TransformersEngine(Engine):
         if not is_eos:
             r.generated.append(token)
         text = self.tokenizer.decode(r.generated, skip_special_tokens=True)
-        finish: str | None = None
-        stop_at = find_stop(text, r.params.stop, r.sent_chars) if len(r.all_ids) >= r.params.min_tokens else None
-        if stop_at is not None:
-            text, finish = text[:stop_at], "stop"
-        elif is_eos:
-            finish = "stop"
-        elif len(r.generated) >= r.params.max_tokens:
-            finish = "length"
-        if finish is None:
-            hold = max((len(s) - 1 for s in r.params.stop), default=0)
-            emit_to = max(r.sent_chars, len(text) - hold)
-            # never split a multi-byte character being built: decode marks it with U+FFFD
-            while emit_to > r.sent_chars and text[emit_to - 1] == "\ufffd":
-                emit_to -= 1
-        else:
-            emit_to = len(text)
+        text, finish, emit_to = sendable(
+            text,
+            r.params.stop,
+            r.sent_chars,
+            eos=is_eos,
+            full=len(r.generated) >= r.params.max_tokens,
+            search_stop=len(r.all_ids) >= r.params.min_tokens,
+        )
         delta = text[r.sent_chars : emit_to]
         r.sent_chars = max(r.sent_chars, emit_to)
         if r.params.final_only:  # one chunk at the end: the whole text, every token, every logprob
@@ -503,7 +493,7 @@ class TransformersEngine(Engine):
             chunk = Chunk(text=delta, token_ids=[token], logprobs=lp)
         if finish is not None:
             r.finished = True
-            chunk.finish_reason = finish  # type: ignore[assignment]
+            chunk.finish_reason = finish
             chunk.prompt_tokens = len(r.prompt_ids)
             chunk.completion_tokens = len(r.generated) + (1 if is_eos else 0)
             chunk.prompt_logprobs = r.prompt_logprobs

@@ -239,6 +239,9 @@ class VLLMEngine(Engine):
             out.append("tools")
         return out
 
+    def unsupported_hint(self, name: str) -> str:
+        return " (set engine_args.tool_call_parser in the spec)" if name == "tools" else ""
+
     def _prompt_token_ids(self, prompt: Prompt, params: SamplingParams | None = None) -> tuple[str | None, list[int]]:
         if isinstance(prompt, tuple):  # token ids (/v1/completions): exactly these, checked against the vocabulary
             vocab = int(self._engine().model_config.get_vocab_size())
@@ -413,10 +416,7 @@ class VLLMEngine(Engine):
         request_id: str | None = None,
     ) -> AsyncGenerator[Chunk, None]:
         llm = self._engine()
-        unsupported = self.unsupported(params)
-        if unsupported:
-            hint = " (set engine_args.tool_call_parser in the spec)" if unsupported[0] == "tools" else ""
-            raise InvalidEngineRequest(f"the vllm engine can't honour '{unsupported[0]}'{hint}", param=unsupported[0])
+        self.check_supported(params)
         if params.tools is not None and self._tools is None:
             from gateway.engines.tools import VLLMToolCalls
 

@@ -41,7 +41,7 @@ from gateway.engines.base import (
     TokenLogprob,
     can_score,
 )
-from gateway.engines.sampling import find_stop, seeded_generator
+from gateway.engines.sampling import seeded_generator, sendable
 from gateway.errors import InvalidRequestError
 from gateway.executors.base import ExecEvent, ExecRequest, Executor, ExpertHandle, StepInfo
 
@@ -133,6 +133,20 @@ class _Stats:
     drafted: int = 0
     accepted: int = 0
     rounds: int = 0
+
+
+@dataclass(frozen=True)
+class _Decoding:
+    """What a decoder works on: the groups (``lead_group`` among them, the lead member its row ``lead_row``), the
+    request's sampling parameters and generator (None: greedy), the counters and the answer being built."""
+
+    groups: list[_Group]
+    lead_group: _Group
+    lead_row: int
+    params: SamplingParams
+    gen: torch.Generator | None
+    stats: _Stats
+    out: _Output
 
 
 @dataclass
@@ -323,14 +337,15 @@ class BlendExecutor(Executor):
         stats = _Stats()
         t0 = time.perf_counter()
         out = _Output(self, params, mode)
+        run = _Decoding(groups, lead_group, lead_row, params, gen, stats, out)
         try:
             await self._open(groups, request.prompt, params.max_tokens)
             if mode == "aligned":
-                decoder = self._aligned(groups, lead_group, lead_row, params, gen, stats, out)
+                decoder = self._aligned(run)
             elif mode == "speculative":
-                decoder = self._speculative(groups, lead_group, lead_row, params, gen, stats, out)
+                decoder = self._speculative(run)
             else:
-                decoder = self._step(groups, lead_group, lead_row, params, gen, stats, out)
+                decoder = self._step(run)
             async for chunk in decoder:
                 yield chunk
         finally:
@@ -375,48 +390,30 @@ class BlendExecutor(Executor):
             yield info
 
     # ------------------------------------------------------------------------------------------------ decoders
-    async def _step(
-        self,
-        groups: list[_Group],
-        lead_group: _Group,
-        lead_row: int,
-        params: SamplingParams,
-        gen: torch.Generator | None,
-        stats: _Stats,
-        out: _Output,
-    ) -> AsyncIterator[Chunk]:
+    async def _step(self, run: _Decoding) -> AsyncIterator[Chunk]:
         """One position at a time (naive lockstep, or gated: the others catch up only where the lead is unsure)."""
         while True:
-            dists = {id(lead_group): await lead_group.catch_up()}
-            lead_lp = dists[id(lead_group)][lead_row]
+            dists = {id(run.lead_group): await run.lead_group.catch_up()}
+            lead_lp = dists[id(run.lead_group)][run.lead_row]
             if B.gate_open(self._lead_only(lead_lp), self.config.gate):
-                for g in groups:
-                    if g is not lead_group:
+                for g in run.groups:
+                    if g is not run.lead_group:
                         dists[id(g)] = await g.catch_up()
-                target = self._blend(self._member_logps(groups, dists))
-                stats.blended += 1
+                target = self._blend(self._member_logps(run.groups, dists))
+                run.stats.blended += 1
             else:
                 target = self._lead_only(lead_lp)
-            token = B.pick(B.sampling_probs(target, params.temperature, params.top_p), gen)
-            stats.positions += 1
-            for g in groups:
+            token = B.pick(B.sampling_probs(target, run.params.temperature, run.params.top_p), run.gen)
+            run.stats.positions += 1
+            for g in run.groups:
                 g.ids.append(token)
-            chunk = out.add(token, target)
+            chunk = run.out.add(token, target)
             if chunk is not None:
                 yield chunk
-            if out.finish_reason is not None:
+            if run.out.finish_reason is not None:
                 return
 
-    async def _speculative(
-        self,
-        groups: list[_Group],
-        lead_group: _Group,
-        lead_row: int,
-        params: SamplingParams,
-        gen: torch.Generator | None,
-        stats: _Stats,
-        out: _Output,
-    ) -> AsyncIterator[Chunk]:
+    async def _speculative(self, run: _Decoding) -> AsyncIterator[Chunk]:
         """Lead drafts, others score the drafts in one pass, accept/resample (exact: samples follow the blend).
 
         A round: the lead drafts up to k tokens (``_draft``); where the gate is open at some draft, the other groups
@@ -424,78 +421,70 @@ class BlendExecutor(Executor):
         probability ``min(1, p/q)`` and the first rejected one is replaced by a draw from the residual; every group
         then keeps what survived (``_keep_round``)."""
         k = self.config.speculate
-        others = [g for g in groups if g is not lead_group]
+        others = [g for g in run.groups if g is not run.lead_group]
         while True:
-            stats.rounds += 1
-            base = len(lead_group.ids)
-            budget = min(k, params.max_tokens - out.completion_tokens)
-            draft = await self._draft(lead_group, lead_row, budget, params, gen, out)
-            stats.drafted += len(draft.tokens)
+            run.stats.rounds += 1
+            base = len(run.lead_group.ids)
+            budget = min(k, run.params.max_tokens - run.out.completion_tokens)
+            draft = await self._draft(run, budget)
+            run.stats.drafted += len(draft.tokens)
             open_at = [B.gate_open(q, self.config.gate) for q in draft.qs]
             other_dists = await self._score_drafts(others, draft.tokens, base) if any(open_at) else {}
             accepted = 0
             final: int | None = None
             for j, d in enumerate(draft.tokens):
-                q = B.sampling_probs(draft.qs[j], params.temperature, params.top_p)
+                q = B.sampling_probs(draft.qs[j], run.params.temperature, run.params.top_p)
                 if open_at[j]:
-                    dists = {id(lead_group): draft.lead_dists[j]}
+                    dists = {id(run.lead_group): draft.lead_dists[j]}
                     dists.update({gid: dd[:, j] for gid, dd in other_dists.items()})
-                    target = self._blend(self._member_logps(groups, dists))
-                    p = B.sampling_probs(target, params.temperature, params.top_p)
+                    target = self._blend(self._member_logps(run.groups, dists))
+                    p = B.sampling_probs(target, run.params.temperature, run.params.top_p)
                 else:
                     target, p = draft.qs[j], q
-                u = float(torch.rand((), generator=gen)) if gen is not None else 0.0
-                stats.positions += 1
-                stats.blended += int(open_at[j])
+                u = float(torch.rand((), generator=run.gen)) if run.gen is not None else 0.0
+                run.stats.positions += 1
+                run.stats.blended += int(open_at[j])
                 if B.accept(p, q, d, u):
                     accepted += 1
-                    chunk = out.add(d, target)
+                    chunk = run.out.add(d, target)
                 else:
-                    final = B.pick(B.residual(p, q), gen)
-                    chunk = out.add(final, target)
+                    final = B.pick(B.residual(p, q), run.gen)
+                    chunk = run.out.add(final, target)
                 if chunk is not None:
                     yield chunk
-                if out.finish_reason is not None or final is not None:
+                if run.out.finish_reason is not None or final is not None:
                     break
-            stats.accepted += accepted
-            if out.finish_reason is not None:
+            run.stats.accepted += accepted
+            if run.out.finish_reason is not None:
                 return
-            await self._keep_round(lead_group, others, draft, other_dists, base, accepted, out)
+            await self._keep_round(run, others, draft, other_dists, base, accepted)
 
-    async def _draft(
-        self,
-        lead_group: _Group,
-        lead_row: int,
-        n: int,
-        params: SamplingParams,
-        gen: torch.Generator | None,
-        out: _Output,
-    ) -> _Draft:
+    async def _draft(self, run: _Decoding, n: int) -> _Draft:
         """The lead drafts up to ``n`` tokens alone (stopping at an end token). Afterwards the lead's session has
         seen every draft but the last, which is not fed until it is kept."""
-        base = len(lead_group.ids)
+        base = len(run.lead_group.ids)
         # vLLM, greedy: the lead drafts all n tokens in one request (the drafts are then appended once accepted)
-        if gen is None and hasattr(lead_group.session, "draft") and len(lead_group.members) == 1:
-            lag = lead_group.ids[lead_group.fed :]
-            drafted, dl = await lead_group.session.draft(lag, n)
-            lead_group.forwards += 1
-            lead_group.scored += len(lag) + len(drafted)
-            lead_group.fed, lead_group.last = base, None
+        if run.gen is None and hasattr(run.lead_group.session, "draft") and len(run.lead_group.members) == 1:
+            lag = run.lead_group.ids[run.lead_group.fed :]
+            drafted, dl = await run.lead_group.session.draft(lag, n)
+            run.lead_group.forwards += 1
+            run.lead_group.scored += len(lag) + len(drafted)
+            run.lead_group.fed, run.lead_group.last = base, None
             lead_dists = [dl[j].unsqueeze(0) for j in range(len(drafted))]
             return _Draft(drafted, [self._lead_only(d[0]) for d in lead_dists], lead_dists, one_request=True)
         tokens: list[int] = []
         qs: list[torch.Tensor] = []
-        lead_dists = [await lead_group.catch_up()]  # [rows, V] after ids + drafts[:j]
+        lead_dists = [await run.lead_group.catch_up()]  # [rows, V] after ids + drafts[:j]
         for j in range(n):
-            q_lp = self._lead_only(lead_dists[j][lead_row])
+            q_lp = self._lead_only(lead_dists[j][run.lead_row])
             qs.append(q_lp)
-            d = B.pick(B.sampling_probs(q_lp, params.temperature, params.top_p), gen)
+            d = B.pick(B.sampling_probs(q_lp, run.params.temperature, run.params.top_p), run.gen)
             tokens.append(d)
-            if d in out.eos_ids or j == n - 1:
+            if d in run.out.eos_ids or j == n - 1:
                 break
-            lead_dists.append((await lead_group.feed([d], 1))[:, -1])
-        lead_group.fed = base + len(tokens) - 1
-        lead_group.ids = lead_group.ids + tokens[:-1]
+            lead_dists.append((await run.lead_group.feed([d], 1))[:, -1])
+        run.lead_group.fed = base + len(tokens) - 1
+        run.lead_group.ids = run.lead_group.ids + tokens[:-1]
         return _Draft(tokens, qs, lead_dists, one_request=False)
 
     async def _score_drafts(self, others: list[_Group], drafts: list[int], base: int) -> dict[int, torch.Tensor]:
@@ -520,57 +509,47 @@ class BlendExecutor(Executor):
 
     async def _keep_round(
         self,
-        lead_group: _Group,
+        run: _Decoding,
         others: list[_Group],
         draft: _Draft,
         other_dists: dict[int, torch.Tensor],
         base: int,
         accepted: int,
-        out: _Output,
     ) -> None:
         """Keep what survived the round: ids + drafts[:accepted] (+ the replacement, not yet fed anywhere)."""
         keep = base + min(accepted, len(draft.tokens) - 1)
-        new_ids = out.ids[:]  # generated ids so far (eos excluded; none here since not finished)
+        new_ids = run.out.ids[:]  # generated ids so far (eos excluded; none here since not finished)
         if draft.one_request:
-            await lead_group.session.append(draft.tokens[: keep - base])
-            lead_group.fed = keep
-        await lead_group.keep(keep, draft.lead_dists[keep - base])
-        lead_group.ids = new_ids
+            await run.lead_group.session.append(draft.tokens[: keep - base])
+            run.lead_group.fed = keep
+        await run.lead_group.keep(keep, draft.lead_dists[keep - base])
+        run.lead_group.ids = new_ids
         for g in others:
             dd = other_dists.get(id(g))
             if dd is not None:
                 await g.keep(keep, dd[:, keep - base])
             g.ids = new_ids[:]
 
-    async def _aligned(
-        self,
-        groups: list[_Group],
-        lead_group: _Group,
-        lead_row: int,
-        params: SamplingParams,
-        gen: torch.Generator | None,
-        stats: _Stats,
-        out: _Output,
-    ) -> AsyncIterator[Chunk]:
+    async def _aligned(self, run: _Decoding) -> AsyncIterator[Chunk]:
         """Step decoding over the common surface-string space (members with different tokenizers)."""
         al = self.alignment()
         lead = self.config.lead
         while True:
-            dists = {id(lead_group): await lead_group.catch_up()}
-            lead_lp = al.project(lead, self._lead_only(dists[id(lead_group)][lead_row]))
+            dists = {id(run.lead_group): await run.lead_group.catch_up()}
+            lead_lp = al.project(lead, self._lead_only(dists[id(run.lead_group)][run.lead_row]))
             if B.gate_open(lead_lp, self.config.gate):
-                for g in groups:
-                    if g is not lead_group:
+                for g in run.groups:
+                    if g is not run.lead_group:
                         dists[id(g)] = await g.catch_up()
-                logps = self._member_logps(groups, dists)
+                logps = self._member_logps(run.groups, dists)
                 target = self._blend([al.project(i, self._lead_only(lp)) for i, lp in enumerate(logps)])
-                stats.blended += 1
+                run.stats.blended += 1
             else:
                 target = lead_lp
-            choice = B.pick(B.sampling_probs(target, params.temperature, params.top_p), gen)
-            stats.positions += 1
+            choice = B.pick(B.sampling_probs(target, run.params.temperature, run.params.top_p), run.gen)
+            run.stats.positions += 1
             piece = al.common[choice]
-            for g in groups:
+            for g in run.groups:
                 member = g.members[0]  # one tokenizer per engine
                 single = al.token_of[member].get(choice)
                 if piece == B.EOS_KEY:
@@ -579,10 +558,10 @@ class BlendExecutor(Executor):
                 new = B.advance_ids(g.ids, g.text, piece, single, _encoder(tok))
                 g.text += piece
                 await g.set_ids(new)
-            chunk = out.add_text(piece, target, choice)
+            chunk = run.out.add_text(piece, target, choice)
             if chunk is not None:
                 yield chunk
-            if out.finish_reason is not None:
+            if run.out.finish_reason is not None:
                 return
 
 
@@ -638,21 +617,8 @@ class _Output:
         return self._emit("".join(self.pieces), is_eos, lp, [choice])
 
     def _emit(self, text: str, is_eos: bool, lp: list[TokenLogprob] | None, ids: list[int]) -> Chunk | None:
-        finish: FinishReason | None = None
-        stop_at = find_stop(text, self.params.stop, self.sent)
-        if stop_at is not None:
-            text, finish = text[:stop_at], "stop"
-        elif is_eos:
-            finish = "stop"
-        elif self.completion_tokens >= self.params.max_tokens:
-            finish = "length"
-        if finish is None:
-            hold = max((len(s) - 1 for s in self.params.stop), default=0)
-            emit_to = max(self.sent, len(text) - hold)
-            while emit_to > self.sent and text[emit_to - 1] == "\ufffd":
-                emit_to -= 1
-        else:
-            emit_to = len(text)
+        full = self.completion_tokens >= self.params.max_tokens
+        text, finish, emit_to = sendable(text, self.params.stop, self.sent, eos=is_eos, full=full)
         delta = text[self.sent : emit_to]
         self.sent = max(self.sent, emit_to)
         chunk = Chunk(text=delta, token_ids=ids, logprobs=lp)

@@ -42,6 +42,7 @@ def train_toy_policy(root: Path) -> Path:
     The trajectories come from the rule-based fake world (``tests.router.fakeworld``: the toy tasks solved by rules,
     so training takes seconds); serving then runs it over the toy world's real checkpoints."""
     from gateway.routing.encoders import HashedNgramEncoder
+    from router.env import ChainRoutingEnv
     from router.train import export_policy, train_ppo
     from scoring.reference import ExactMatch
     from tests.router.conftest import small_config
@@ -52,7 +53,10 @@ def train_toy_policy(root: Path) -> Path:
 
     cfg = small_config(root.parent, experts=tuple(EXPERTS), costs=dict(zip(EXPERTS, COSTS, strict=True)))
     enc = HashedNgramEncoder(dim=32)
-    model = train_ppo(cfg, make_examples(3, seed=0), EXPERTS, COSTS, toy_answer, ExactMatch(), enc, progress_bar=False)
+    examples, scorer = make_examples(3, seed=0), ExactMatch()
+    model = train_ppo(
+        cfg, lambda: ChainRoutingEnv(examples, EXPERTS, COSTS, toy_answer, scorer, enc, cfg.env), progress_bar=False
+    )
     return publish_policy(root, lambda d: export_policy(model, d, cfg, EXPERTS, COSTS, enc, {"note": "test"}))
 
 

@@ -15,6 +15,7 @@ from gateway.routing.encoders import HashedNgramEncoder
 from gateway.routing.holder import PolicyHolder
 from gateway.routing.policy import POINTER, POLICY_JSON, WEIGHTS_FILE, PolicyError, load_policy, resolve_policy_dir
 from router.config import RouterConfig
+from router.env import ChainRoutingEnv
 from router.publish import publish_policy
 from router.train import export_policy, train_ppo
 from scoring.reference import ExactMatch
@@ -31,7 +32,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory):
     cfg: RouterConfig = small_config(tmp)
     enc = HashedNgramEncoder(dim=32)
     examples = make_examples(3, seed=0)
-    model = train_ppo(cfg, examples, EXPERTS, COSTS, answer_fn, ExactMatch(), enc, progress_bar=False)
+    scorer = ExactMatch()
+    model = train_ppo(
+        cfg, lambda: ChainRoutingEnv(examples, EXPERTS, COSTS, answer_fn, scorer, enc, cfg.env), progress_bar=False
+    )
     path = export_policy(model, tmp / "export", cfg, EXPERTS, COSTS, enc, {"note": "test"})
     return model, path, cfg
 
@@ -190,8 +194,6 @@ def test_policy_decisions_match_the_env_rollout(trained) -> None:
     step / max_steps, spent / (max_steps * max cost), lambda / max trained lambda, calls of each expert / max_steps]),
     not with the code both share;
     the served decision is checked against the SB3 model's own greedy action on the env's observation."""
-    from router.env import ChainRoutingEnv
-
     model, path, cfg = trained
     policy = load_policy(path)
     examples = make_examples(2, seed=5)
